@@ -1,3 +1,26 @@
-"""hf_posenc: swap, extend and publish the position encoding of pretrained transformers."""
+"""hf_posenc: swap, extend and publish the position encoding of pretrained BERT- and BART-family models.
+
+Importing the package registers the `posenc` attention backend with transformers.
+"""
 
 __version__ = "0.1.0"
+
+from .architectures import ARCHITECTURES  # noqa: E402
+from .attention import BACKEND, register_backend  # noqa: E402
+from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding  # noqa: E402
+from .patching import patch_model, patch_spec, plan_patch, unpatch_model  # noqa: E402
+
+register_backend()
+
+__all__ = [
+    "ALIASES",
+    "ARCHITECTURES",
+    "BACKEND",
+    "ENCODINGS",
+    "PositionEncoding",
+    "patch_model",
+    "patch_spec",
+    "plan_patch",
+    "register_encoding",
+    "unpatch_model",
+]

@@ -1,0 +1,603 @@
+"""The position encodings: one registry and one small class per encoding.
+
+This module holds the math only; it imports nothing from transformers. Two kinds of encoding exist:
+
+* *absolute* encodings produce vectors that are added to the token embeddings (`embed(position_ids)`);
+* *relative* encodings act inside self-attention: `attend(query, key, positions, context)` returns the (possibly
+  rotated) query and key, an additive score bias, and optionally a value term (Shaw et al. 2018; NEZHA).
+
+The keyword-only arguments of each constructor are the encoding's option schema: `patch_model(model, "rope", base=500)`
+passes `base=500` to `RotaryEncoding.__init__`, and an unknown option is a `TypeError` raised before the model changes.
+Derived tables (sinusoids, inverse frequencies, slopes) are non-persistent buffers; only learned tensors are
+parameters and reach the checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+ENCODINGS: dict[str, type[PositionEncoding]] = {}
+"""Canonical encoding name -> class. Filled by `register_encoding`."""
+
+ALIASES: dict[str, str] = {
+    "relative": "relative_key",
+    "shaw": "relative_key",
+    "huang": "relative_key_query",
+    "absolute": "learned",
+    "rotary": "rope",
+    "t5_bias": "t5",
+    "nope": "none",
+}
+"""Alias -> canonical name. The one place where aliases are documented."""
+
+
+def register_encoding(name: str) -> Callable[[type[PositionEncoding]], type[PositionEncoding]]:
+    """Class decorator that adds an encoding to `ENCODINGS` under `name`; duplicates are refused."""
+
+    def decorator(cls: type[PositionEncoding]) -> type[PositionEncoding]:
+        if name in ENCODINGS or name in ALIASES:
+            raise ValueError(f"An encoding named {name!r} is already registered ({ENCODINGS.get(name)}).")
+        cls.name = name
+        ENCODINGS[name] = cls
+        return cls
+
+    return decorator
+
+
+def canonical_name(name: str) -> str:
+    """Resolve an alias to its canonical encoding name, or raise a `ValueError` listing the valid names."""
+    if not isinstance(name, str):
+        raise TypeError(f"An encoding name must be a string, got {type(name).__name__}.")
+    name = ALIASES.get(name, name)
+    if name not in ENCODINGS:
+        aliases = ", ".join(f"{a!r} -> {c!r}" for a, c in sorted(ALIASES.items()))
+        raise ValueError(f"Unknown encoding {name!r}. Valid encodings: {sorted(ENCODINGS)} (aliases: {aliases}).")
+    return name
+
+
+def option_defaults(cls: type[PositionEncoding]) -> dict[str, Any]:
+    """The option schema of an encoding class: its keyword-only constructor arguments and their defaults."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+@dataclass(frozen=True)
+class StackDims:
+    """What an encoding needs to know about the attention stack it is attached to."""
+
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    causal: bool
+    max_length: int
+    initializer_range: float = 0.02
+
+
+@dataclass
+class Positions:
+    """Query and key positions of one attention call: long tensors of shape (Q,) / (K,) or (B, Q) / (B, K)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+
+    @classmethod
+    def default(cls, q_len: int, k_len: int, device: torch.device) -> Positions:
+        """Keys are `0..k_len-1` and queries the last `q_len` of them, which is right for cached decoding."""
+        key = torch.arange(k_len, device=device)
+        return cls(query=key[k_len - q_len :], key=key)
+
+    def relative(self) -> torch.Tensor:
+        """Signed distances `query - key`, shape (Q, K) or (B, Q, K)."""
+        return self.query.unsqueeze(-1) - self.key.unsqueeze(-2)
+
+
+class PositionContext:
+    """Per-stack memo of tables that every layer of one forward pass can share (biases, cos/sin, indices).
+
+    A forward pre-hook on the stack calls `clear()`, so tables are computed once per forward, not once per layer, and
+    never outlive the autograd graph they belong to.
+    """
+
+    def __init__(self, causal: bool) -> None:
+        self.causal = causal
+        self.cache: dict[Hashable, Any] = {}
+
+    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """Return the cached value for `key`, computing it on first use in this forward pass."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+
+@dataclass
+class AttentionTerms:
+    """What a relative encoding contributes to one attention call.
+
+    Attributes:
+        query, key: the (possibly rotated) query and key, (B, H, Q, D) / (B, H, K, D).
+        bias: an additive score bias broadcastable to (B, H, Q, K), in units of the scaled scores, or None.
+        shared_bias: True when `bias` is the same object for every layer of the stack (it may then be merged with the
+            attention mask once per forward).
+        value_table: (R, D) vectors added to the output as `sum_j p_ij * value_table[value_index[i, j]]` (the value
+            term of Shaw et al. and NEZHA), or None.
+        value_index: (Q, K) long indices into `value_table`.
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    bias: torch.Tensor | None = None
+    shared_bias: bool = False
+    value_table: torch.Tensor | None = None
+    value_index: torch.Tensor | None = None
+
+
+def positions_key(positions: Positions) -> Hashable:
+    """A memo key for a `Positions`: default positions are keyed by shape, explicit ones by tensor identity."""
+    return (id(positions.query), id(positions.key), tuple(positions.query.shape), tuple(positions.key.shape))
+
+
+class PositionEncoding(nn.Module):
+    """Base class. Subclasses declare their kind and what they need, and take options as keyword-only arguments."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "relative"  # "absolute", "relative" or "none"
+    learned: ClassVar[bool] = False  # has parameters that reach the checkpoint
+    per_layer: ClassVar[bool] = False  # one instance per attention layer (else one shared by the stack)
+    max_length_bound: ClassVar[bool] = False  # cannot run past its table (only the learned absolute table)
+    citation: ClassVar[str] = ""
+    step0: ClassVar[str] = ""  # what patching a pretrained model with this encoding does before any training
+
+    def __init__(self, dims: StackDims) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def options(self) -> dict[str, Any]:
+        """The resolved options, JSON-serializable, such that `type(self)(dims, **self.options())` rebuilds it."""
+        return {name: getattr(self, name) for name in option_defaults(type(self))}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_init(init: str) -> None:
+    _check(init in ("auto", "normal", "zeros"), f"init must be one of 'auto', 'normal', 'zeros', got {init!r}.")
+
+
+def _init_table(weight: torch.Tensor, init: str, std: float) -> None:
+    """`zeros` gives a function-preserving start (with keep_absolute=True); `normal` matches BERT's own init."""
+    with torch.no_grad():
+        if init == "zeros":
+            weight.zero_()
+        else:
+            weight.normal_(0.0, std)
+
+
+def sinusoid_table(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Vaswani et al. 2017: `PE[p, 2i] = sin(p / base^(2i/d))`, `PE[p, 2i+1] = cos(p / base^(2i/d))`, interleaved.
+
+    Computed in fp32; `positions` has any shape, the result has one more dimension of size `dim`.
+    """
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
+    table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
+    return table[..., :dim]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Absolute encodings
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+EXTENSION_INITS = ("copy", "interpolate", "sinusoidal", "random")
+"""How `extend_positions` fills new rows of a learned table (implemented in `hf_posenc.extension`)."""
+
+
+@register_encoding("learned")
+class LearnedAbsolute(PositionEncoding):
+    """The checkpoint's own learned absolute table, left in place (the identity patch; the base for extension).
+
+    `init` only matters when `max_length` grows the table (see `hf_posenc.extend_positions`).
+    """
+
+    kind = "absolute"
+    learned = True
+    max_length_bound = True
+    citation = "Devlin et al. 2019, BERT (arXiv:1810.04805)"
+    step0 = "identity: outputs are bit-identical to the unpatched model"
+
+    def __init__(self, dims: StackDims, *, init: str = "copy") -> None:
+        super().__init__(dims)
+        _check(init in EXTENSION_INITS, f"init must be one of {EXTENSION_INITS}, got {init!r}.")
+        self.init = init
+
+
+@register_encoding("sinusoidal")
+class SinusoidalAbsolute(PositionEncoding):
+    """Fixed sinusoids of Vaswani et al. 2017 added to the token embeddings; no parameters, any length.
+
+    `scale` multiplies the table. The default `"auto"` is resolved at patch time to the standard deviation of the
+    learned table it replaces divided by the sinusoids' own (1/sqrt(2)), so the embedding LayerNorm sees inputs of the
+    size it was trained on; without a table to match it resolves to 1.0.
+    """
+
+    kind = "absolute"
+    citation = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
+    step0 = "replaces the learned table: word order is scrambled until fine-tuning adapts"
+
+    def __init__(self, dims: StackDims, *, base: float = 10000.0, scale: float | str = "auto") -> None:
+        super().__init__(dims)
+        _check(float(base) > 1.0, f"base must be > 1, got {base!r}.")
+        _check(scale == "auto" or (isinstance(scale, int | float) and scale > 0), f"scale must be > 0, got {scale!r}.")
+        self.base = float(base)
+        self.scale = scale if scale == "auto" else float(scale)
+
+    def embed(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Vectors for `position_ids` (any shape), fp32, shape `(*position_ids.shape, hidden_size)`."""
+        scale = 1.0 if self.scale == "auto" else self.scale
+        return sinusoid_table(position_ids, self.dims.hidden_size, self.base) * scale
+
+
+@register_encoding("none")
+class NoPosition(PositionEncoding):
+    """No position information at all (Kazemnejad et al. 2023, NoPE). Causal decoders only.
+
+    A causal mask already breaks permutation symmetry, so a decoder can infer positions; a bidirectional encoder
+    without positions is a bag of words, so `none` is refused there.
+    """
+
+    kind = "none"
+    citation = "Kazemnejad et al. 2023, The Impact of Positional Encoding on Length Generalization (arXiv:2305.19466)"
+    step0 = "removes the learned table: the decoder must re-learn order from causality"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Relative encodings
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class RelativeEncoding(PositionEncoding):
+    """A relative encoding acts inside attention through `attend`."""
+
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, positions: Positions, context: PositionContext
+    ) -> AttentionTerms:
+        raise NotImplementedError
+
+
+def _clipped_index(positions: Positions, max_distance: int, context: PositionContext) -> torch.Tensor:
+    """`clip(i - j, -k, k) + k`, shape (Q, K) or (B, Q, K), shared by every layer of the forward pass."""
+
+    def compute() -> torch.Tensor:
+        return positions.relative().clamp(-max_distance, max_distance) + max_distance
+
+    return context.memo(("clipped_index", max_distance, positions_key(positions)), compute)
+
+
+def _gather_distances(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, H, Q, R) scores per distance -> (B, H, Q, K) by `index` (Q, K) or (B, Q, K), without an (L, L, D) tensor."""
+    index = index if index.dim() == 2 else index.unsqueeze(1)
+    return torch.gather(scores, -1, index.expand(*scores.shape[:-1], index.shape[-1]))
+
+
+def _gather_key_distances(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, H, K, R) key scores per distance -> (B, H, Q, K) with `out[i, j] = scores[j, index[i, j]]`."""
+    index = index if index.dim() == 2 else index.unsqueeze(1)
+    transposed = scores.transpose(-1, -2)  # (B, H, R, K)
+    return torch.gather(transposed, -2, index.expand(*scores.shape[:-2], *index.shape[-2:]))
+
+
+@register_encoding("relative_key")
+class ShawRelativeKey(RelativeEncoding):
+    """Shaw et al. 2018 relative keys, as BERT's former `position_embedding_type="relative_key"`.
+
+    A learned vector `r_d` per clipped distance `d = clip(i - j, -max_distance, max_distance)`, one table per layer;
+    the score gains `q_i . r_d` (before the 1/sqrt(head_dim) scaling, as in BERT). The default `max_distance` is the
+    model's `max_position_embeddings - 1`, which is BERT's table of `2 * max_position_embeddings - 1` rows.
+    """
+
+    learned = True
+    per_layer = True
+    citation = "Shaw et al. 2018, Self-Attention with Relative Position Representations (arXiv:1803.02155)"
+    step0 = "adds q.r terms (random unless init='zeros'); the absolute table is dropped unless keep_absolute=True"
+
+    def __init__(self, dims: StackDims, *, max_distance: int | None = None, init: str = "auto") -> None:
+        super().__init__(dims)
+        max_distance = dims.max_length - 1 if max_distance is None else max_distance
+        _check(
+            isinstance(max_distance, int) and max_distance >= 1,
+            f"max_distance must be an int >= 1, got {max_distance!r}.",
+        )
+        _check_init(init)
+        self.max_distance = max_distance
+        self.init = init
+        self.distance_embedding = nn.Embedding(2 * max_distance + 1, dims.head_dim)
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str) -> None:
+        _init_table(self.distance_embedding.weight, "normal" if init == "auto" else init, self.dims.initializer_range)
+
+    def _query_term(self, query: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        per_distance = torch.matmul(query, self.distance_embedding.weight.to(query.dtype).T)  # (B, H, Q, R)
+        return _gather_distances(per_distance, index)
+
+    def attend(self, query, key, positions, context):
+        index = _clipped_index(positions, self.max_distance, context)
+        scale = query.shape[-1] ** -0.5
+        return AttentionTerms(query, key, bias=self._query_term(query, index) * scale)
+
+
+@register_encoding("relative_key_query")
+class HuangRelativeKeyQuery(ShawRelativeKey):
+    """Huang et al. 2020 (method 4), as BERT's former `relative_key_query`: the score gains `q_i . r_d + k_j . r_d`."""
+
+    citation = (
+        "Huang et al. 2020, Improve Transformer Models with Better Relative Position Embeddings (arXiv:2009.13658)"
+    )
+
+    def attend(self, query, key, positions, context):
+        index = _clipped_index(positions, self.max_distance, context)
+        per_distance = torch.matmul(key, self.distance_embedding.weight.to(key.dtype).T)  # (B, H, K, R)
+        bias = self._query_term(query, index) + _gather_key_distances(per_distance, index)
+        return AttentionTerms(query, key, bias=bias * query.shape[-1] ** -0.5)
+
+
+@register_encoding("nezha")
+class NezhaFunctionalRelative(RelativeEncoding):
+    """NEZHA's functional relative encoding (Wei et al. 2019): fixed sinusoids of the clipped distance on keys and
+    values; no parameters.
+
+    As in NEZHA's code, the distance is `d = clip(j - i, -k, k)` and the vector is the sinusoid of row `d + k` of a
+    `(2k + 1, head_dim)` table; the score gains `q_i . r_d` (before scaling) and the output gains
+    `sum_j p_ij r_d`. The value term needs the attention probabilities, so this encoding runs attention explicitly.
+    """
+
+    citation = "Wei et al. 2019, NEZHA: Neural Contextualized Representation for Chinese Language Understanding (arXiv:1909.00204)"
+    step0 = "adds fixed q.r and p.r terms; the absolute table is dropped unless keep_absolute=True"
+
+    def __init__(self, dims: StackDims, *, max_distance: int = 64) -> None:
+        super().__init__(dims)
+        _check(
+            isinstance(max_distance, int) and max_distance >= 1,
+            f"max_distance must be an int >= 1, got {max_distance!r}.",
+        )
+        self.max_distance = max_distance
+        rows = torch.arange(2 * max_distance + 1)
+        self.register_buffer("table", sinusoid_table(rows, dims.head_dim), persistent=False)
+
+    def attend(self, query, key, positions, context):
+        # NEZHA indexes by j - i, the opposite sign of BERT's relative_key: flip the index.
+        index = 2 * self.max_distance - _clipped_index(positions, self.max_distance, context)
+        table = self.table.to(query.dtype)
+        bias = _gather_distances(torch.matmul(query, table.T), index) * query.shape[-1] ** -0.5
+        return AttentionTerms(query, key, bias=bias, value_table=table, value_index=index)
+
+
+def t5_relative_buckets(
+    relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucket of each `relative = key - query` distance (Raffel et al. 2020; transformers' T5Attention).
+
+    Half the buckets are exact small distances, the rest logarithmically larger ones up to `max_distance`; in
+    bidirectional mode, half the buckets are for keys after the query.
+    """
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative > 0).long() * num_buckets
+        relative = relative.abs()
+    else:
+        relative = -torch.clamp(relative, max=0)
+    max_exact = num_buckets // 2
+    is_small = relative < max_exact
+    log_ratio = torch.log(relative.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + log_ratio * (num_buckets - max_exact)).long().clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, relative, large)
+
+
+@register_encoding("t5")
+class T5RelativeBias(RelativeEncoding):
+    """T5's bucketed relative bias: a learned scalar per head and bucket, shared by the layers of a stack.
+
+    Buckets are bidirectional in encoders and causal in decoders. The bias is computed once per forward pass.
+    """
+
+    learned = True
+    citation = "Raffel et al. 2020, Exploring the Limits of Transfer Learning with T5 (arXiv:1910.10683)"
+    step0 = "adds a learned per-head bias (random unless init='zeros'); absolute table dropped unless keep_absolute"
+
+    def __init__(self, dims: StackDims, *, num_buckets: int = 32, max_distance: int = 128, init: str = "auto") -> None:
+        super().__init__(dims)
+        _check(
+            isinstance(num_buckets, int) and num_buckets >= 4, f"num_buckets must be an int >= 4, got {num_buckets!r}."
+        )
+        _check(
+            isinstance(max_distance, int) and max_distance > num_buckets // 2,
+            f"max_distance must be an int > num_buckets // 2 = {num_buckets // 2}, got {max_distance!r}.",
+        )
+        _check_init(init)
+        self.num_buckets, self.max_distance, self.init = num_buckets, max_distance, init
+        self.relative_attention_bias = nn.Embedding(num_buckets, dims.num_heads)
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str) -> None:
+        _init_table(
+            self.relative_attention_bias.weight, "normal" if init == "auto" else init, self.dims.initializer_range
+        )
+
+    def _bias(self, positions: Positions, dtype: torch.dtype) -> torch.Tensor:
+        relative = -positions.relative()  # key - query, T5's convention
+        buckets = t5_relative_buckets(relative, not self.dims.causal, self.num_buckets, self.max_distance)
+        bias = self.relative_attention_bias(buckets)  # (..., Q, K, H)
+        bias = bias.permute(2, 0, 1).unsqueeze(0) if bias.dim() == 3 else bias.permute(0, 3, 1, 2)
+        return bias.to(dtype)
+
+    def attend(self, query, key, positions, context):
+        bias = context.memo(("t5", positions_key(positions), query.dtype), lambda: self._bias(positions, query.dtype))
+        return AttentionTerms(query, key, bias=bias, shared_bias=True)
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """The head slopes of Press et al. 2022: a geometric sequence starting at 2^(-8/n); for a head count that is not a
+    power of two, the slopes of the next power of two are interleaved in, as in the paper's code and BLOOM."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = [base ** (i + 1) for i in range(closest)]
+    if closest != num_heads:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        slopes += [extra_base ** (2 * i + 1) for i in range(min(closest, num_heads - closest))]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+@register_encoding("alibi")
+class ALiBi(RelativeEncoding):
+    """Press et al. 2022 linear biases `-m_h |i - j|`: symmetric for bidirectional attention; in decoders the causal
+    mask removes `j > i`, which leaves the paper's `-m_h (i - j)`. No parameters; one bias per forward pass."""
+
+    citation = "Press et al. 2022, Train Short, Test Long: Attention with Linear Biases (arXiv:2108.12409)"
+    step0 = "adds a fixed distance penalty; the absolute table is dropped unless keep_absolute=True"
+
+    def __init__(self, dims: StackDims, *, slope_scale: float = 1.0) -> None:
+        super().__init__(dims)
+        _check(
+            isinstance(slope_scale, int | float) and slope_scale > 0, f"slope_scale must be > 0, got {slope_scale!r}."
+        )
+        self.slope_scale = float(slope_scale)
+        self.register_buffer("slopes", alibi_slopes(dims.num_heads) * self.slope_scale, persistent=False)
+
+    def _bias(self, positions: Positions, dtype: torch.dtype) -> torch.Tensor:
+        distance = positions.relative().abs().to(torch.float32)  # (Q, K) or (B, Q, K)
+        distance = distance.unsqueeze(0) if distance.dim() == 2 else distance
+        return (-self.slopes.view(1, -1, 1, 1) * distance.unsqueeze(1)).to(dtype)
+
+    def attend(self, query, key, positions, context):
+        bias = context.memo(
+            ("alibi", positions_key(positions), query.dtype), lambda: self._bias(positions, query.dtype)
+        )
+        return AttentionTerms(query, key, bias=bias, shared_bias=True)
+
+
+ROPE_SCALINGS = (None, "linear", "ntk", "yarn")
+
+
+def _yarn_inv_freq(inv_freq: torch.Tensor, factor: float, original_max_length: int, dim: int, base: float):
+    """YaRN (Peng et al. 2023): interpolate low frequencies, keep high ones, blend linearly in between
+    (beta_fast=32, beta_slow=1), as transformers' `_compute_yarn_parameters`."""
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original_max_length / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(32)), 0)
+    high = min(math.ceil(correction_dim(1)), dim - 1)
+    ramp = (torch.arange(dim // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)
+    extrapolation_weight = 1 - ramp.clamp(0, 1)
+    return inv_freq / factor * (1 - extrapolation_weight) + inv_freq * extrapolation_weight
+
+
+@register_encoding("rope")
+class RotaryEncoding(RelativeEncoding):
+    """Rotary position embedding (Su et al. 2021) of queries and keys, in transformers' rotate-half layout.
+
+    Scaling for lengths past the trained one: `linear` position interpolation (Chen et al. 2023), `ntk` (NTK-aware
+    base change, bloc97 2023), `yarn` (Peng et al. 2023, with its attention temperature). `original_max_length`
+    defaults to the model's `max_position_embeddings`.
+    """
+
+    citation = "Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding (arXiv:2104.09864)"
+    step0 = "rotates queries and keys: pretrained attention patterns are disturbed until fine-tuning adapts"
+
+    def __init__(
+        self,
+        dims: StackDims,
+        *,
+        base: float = 10000.0,
+        scaling: str | None = None,
+        factor: float = 1.0,
+        original_max_length: int | None = None,
+    ) -> None:
+        super().__init__(dims)
+        _check(dims.head_dim % 2 == 0, f"rope needs an even head_dim, got {dims.head_dim}.")
+        _check(isinstance(base, int | float) and base > 1, f"base must be > 1, got {base!r}.")
+        _check(scaling in ROPE_SCALINGS, f"scaling must be one of {ROPE_SCALINGS}, got {scaling!r}.")
+        _check(isinstance(factor, int | float) and factor >= 1, f"factor must be >= 1, got {factor!r}.")
+        _check(scaling is None or factor > 1, f"scaling={scaling!r} needs factor > 1.")
+        self.base, self.scaling, self.factor = float(base), scaling, float(factor)
+        self.original_max_length = original_max_length or dims.max_length
+        inv_freq, self.attention_factor = self._inv_freq()
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _inv_freq(self) -> tuple[torch.Tensor, float]:
+        dim, base = self.dims.head_dim, self.base
+        if self.scaling == "ntk":
+            base = base * self.factor ** (dim / (dim - 2))
+        inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        if self.scaling == "linear":
+            return inv_freq / self.factor, 1.0
+        if self.scaling == "yarn":
+            inv_freq = _yarn_inv_freq(inv_freq, self.factor, self.original_max_length, dim, base)
+            return inv_freq, 0.1 * math.log(self.factor) + 1.0
+        return inv_freq, 1.0
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., L, head_dim) cos and sin tables for `positions` (..., L), in fp32 and cast at the end."""
+        angles = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq
+        angles = torch.cat((angles, angles), dim=-1)
+        return (angles.cos() * self.attention_factor).to(dtype), (angles.sin() * self.attention_factor).to(dtype)
+
+    def _tables(self, positions: Positions, dtype: torch.dtype, context: PositionContext):
+        def compute():
+            def shaped(p):  # (L,) -> (1, 1, L, D); (B, L) -> (B, 1, L, D)
+                cos, sin = self.cos_sin(p, dtype)
+                return (cos, sin) if p.dim() == 1 else (cos.unsqueeze(1), sin.unsqueeze(1))
+
+            return shaped(positions.query), shaped(positions.key)
+
+        return context.memo(("rope", positions_key(positions), dtype), compute)
+
+    def attend(self, query, key, positions, context):
+        (q_cos, q_sin), (k_cos, k_sin) = self._tables(positions, query.dtype, context)
+        return AttentionTerms(rotate(query, q_cos, q_sin), rotate(key, k_cos, k_sin))
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply the rotary rotation in rotate-half layout: `x * cos + rotate_half(x) * sin`."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def build_encoding(name: str, dims: StackDims, options: dict[str, Any]) -> PositionEncoding:
+    """Instantiate a registered encoding, turning an unknown option into a `TypeError` that lists the valid ones."""
+    cls = ENCODINGS[canonical_name(name)]
+    valid = option_defaults(cls)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"Unknown option(s) {unknown} for encoding {cls.name!r}. Valid options: {sorted(valid)}.")
+    return cls(dims, **options)
+
+
+@dataclass
+class EncodingSpec:
+    """A parsed request for one stack: the canonical encoding name, its options and whether to keep the table."""
+
+    encoding: str
+    options: dict[str, Any] = field(default_factory=dict)
+    keep_absolute: bool = False
+
+    @property
+    def cls(self) -> type[PositionEncoding]:
+        return ENCODINGS[self.encoding]
