@@ -1,0 +1,37 @@
+"""The `hf-posenc` command line.
+
+Each feature module owns its subcommands: it defines `register_cli(subparsers)`, which adds parsers whose defaults set
+`func(args) -> int | None`. This file only lists those modules, so adding a subcommand touches its own module and
+one line here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+CLI_MODULES: tuple[str, ...] = ()
+"""Modules that contribute subcommands (`register_cli`)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-posenc", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in CLI_MODULES:
+        importlib.import_module(name).register_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hf-posenc` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"hf-posenc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
