@@ -312,7 +312,7 @@ def _remember_hook(module: nn.Module, handle) -> None:
 
 def patch_spec(model: nn.Module) -> dict[str, Any] | None:
     """The patch recorded on `model.config`, or None for an unpatched model."""
-    return getattr(model.config, CONFIG_KEY, None)
+    return getattr(getattr(model, "config", None), CONFIG_KEY, None)
 
 
 def _record(model: nn.Module, plans: list[StackPlan]) -> None:
