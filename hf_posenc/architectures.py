@@ -1,8 +1,8 @@
 """Data: where each supported `model_type` keeps its position tables and its self-attention modules.
 
 Adding an architecture means adding one entry to `ARCHITECTURES` (plus its row in the test matrix). Paths are relative
-to `model.base_model` (e.g. `BertModel`, `BartModel`, or `BartDecoderWrapper` for `BartForCausalLM`), so every task head
-of a family shares one entry. A stack whose module is absent (the encoder of `BartForCausalLM`) is skipped.
+to `model.base_model` (e.g. `BertModel`, `BartModel`, or `BartDecoderWrapper` for `BartForCausalLM`), so every task
+head of a family shares one entry. A stack whose module is absent (the encoder of `BartForCausalLM`) is skipped.
 """
 
 from __future__ import annotations

@@ -366,7 +366,10 @@ class NezhaFunctionalRelative(RelativeEncoding):
     `sum_j p_ij r_d`. The value term needs the attention probabilities, so this encoding runs attention explicitly.
     """
 
-    citation = "Wei et al. 2019, NEZHA: Neural Contextualized Representation for Chinese Language Understanding (arXiv:1909.00204)"
+    citation = (
+        "Wei et al. 2019, NEZHA: Neural Contextualized Representation for Chinese Language Understanding "
+        "(arXiv:1909.00204)"
+    )
     step0 = "adds fixed q.r and p.r terms; the absolute table is dropped unless keep_absolute=True"
 
     def __init__(self, dims: StackDims, *, max_distance: int = 64) -> None:
