@@ -139,3 +139,33 @@ def attention_shape(module: nn.Module) -> tuple[int, int]:
     heads = next(getattr(module, a) for a in ("num_attention_heads", "num_heads", "n_heads") if hasattr(module, a))
     head_dim = next(getattr(module, a) for a in ("attention_head_size", "head_dim") if hasattr(module, a))
     return int(heads), int(head_dim)
+
+
+def support_table() -> str:
+    """The Markdown table of encodings x architectures that the README shows (a test keeps the two in sync)."""
+    from .encodings import ENCODINGS  # the registry is filled on import; architectures stays free of it otherwise
+
+    types = sorted(ARCHITECTURES)
+    header = ["encoding", "kind", "learned parameters", "any length", *types]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, cls in ENCODINGS.items():
+        cells = [_support_cell(cls, ARCHITECTURES[t]) for t in types]
+        learned = "yes" if cls.learned else "no"
+        unbounded = "no (extend it)" if cls.max_length_bound else "yes"
+        lines.append("| " + " | ".join([f"`{name}`", cls.kind, learned, unbounded, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _support_cell(cls, arch: ArchitectureSpec) -> str:
+    if cls.kind != "none":
+        return "✓"
+    return "decoder" if any(s.name == "decoder" for s in arch.stacks) else "—"
+
+
+def step0_table() -> str:
+    """What each encoding does to a pretrained model before any training, and its source."""
+    from .encodings import ENCODINGS
+
+    lines = ["| encoding | at step 0 on a pretrained model | source |", "|---|---|---|"]
+    lines += [f"| `{name}` | {cls.step0} | {cls.citation} |" for name, cls in ENCODINGS.items()]
+    return "\n".join(lines)
