@@ -237,7 +237,7 @@ class SinusoidalAbsolute(PositionEncoding):
 
     kind = "absolute"
     citation = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
-    step0 = "replaces the learned table: word order is scrambled until fine-tuning adapts"
+    step0 = "replaces the learned table by sinusoids of the same scale: order must be re-learned in fine-tuning"
 
     def __init__(self, dims: StackDims, *, base: float = 10000.0, scale: float | str = "auto") -> None:
         super().__init__(dims)
@@ -348,6 +348,7 @@ class HuangRelativeKeyQuery(ShawRelativeKey):
     citation = (
         "Huang et al. 2020, Improve Transformer Models with Better Relative Position Embeddings (arXiv:2009.13658)"
     )
+    step0 = "adds q.r + k.r terms (random unless init='zeros'); absolute table dropped unless keep_absolute=True"
 
     def attend(self, query, key, positions, context):
         index = _clipped_index(positions, self.max_distance, context)
