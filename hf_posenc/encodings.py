@@ -108,9 +108,18 @@ class PositionContext:
     def __init__(self, causal: bool) -> None:
         self.causal = causal
         self.cache: dict[Hashable, Any] = {}
+        # Under gradient checkpointing a layer's forward is replayed in backward; a learned table shared through
+        # this memo would be computed in layer 0's replay region and reused elsewhere, which breaks the replay's
+        # saved-tensor bookkeeping. The stack hook sets this flag then, and learned tables are rebuilt per layer.
+        self.share_learned = True
 
-    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """Return the cached value for `key`, computing it on first use in this forward pass."""
+    def memo(self, key: Hashable, compute: Callable[[], Any], learned: bool = False) -> Any:
+        """Return the cached value for `key`, computing it on first use in this forward pass.
+
+        `learned=True` marks a value that depends on parameters: it is not shared while `share_learned` is off.
+        """
+        if learned and not self.share_learned:
+            return compute()
         if key not in self.cache:
             self.cache[key] = compute()
         return self.cache[key]
@@ -451,8 +460,9 @@ class T5RelativeBias(RelativeEncoding):
         return bias.to(dtype)
 
     def attend(self, query, key, positions, context):
-        bias = context.memo(("t5", positions_key(positions), query.dtype), lambda: self._bias(positions, query.dtype))
-        return AttentionTerms(query, key, bias=bias, shared_bias=True)
+        key_ = ("t5", positions_key(positions), query.dtype)
+        bias = context.memo(key_, lambda: self._bias(positions, query.dtype), learned=True)
+        return AttentionTerms(query, key, bias=bias, shared_bias=context.share_learned)
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:

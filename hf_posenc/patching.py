@@ -95,6 +95,12 @@ class StackHook:
                 f"dropped. Call model.set_attn_implementation({BACKEND!r}), or hf_posenc.unpatch_model(model) first."
             )
         self.context.clear()
+        self.context.share_learned = not (module.training and _checkpointing(module))
+
+
+def _checkpointing(stack_module: nn.Module) -> bool:
+    """Whether transformers' gradient checkpointing is on for the layers of this stack."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in stack_module.children() for m in m.children())
 
 
 class GrowBuffers:

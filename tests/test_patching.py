@@ -301,3 +301,20 @@ def test_recorded_options_are_resolved_and_json_serializable():
     table_std = tiny_model("bert").embeddings.position_embeddings.weight.std().item()
     assert options["scale"] == pytest.approx(table_std * 2**0.5)
     json.loads(model.config.to_json_string())
+
+
+@pytest.mark.parametrize("encoding", RELATIVE)
+@pytest.mark.parametrize(
+    "arch,head", [("bert", "BertForSequenceClassification"), ("bart", "BartForConditionalGeneration")]
+)
+def test_gradient_checkpointing_gives_the_same_gradients(arch, head, encoding):
+    plain = hf_posenc.patch_model(tiny_model(arch, head), encoding).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable()
+    ids = token_ids(2, 20)
+    labels = torch.tensor([0, 1]) if arch == "bert" else ids
+    plain(input_ids=ids, labels=labels).loss.backward()
+    checkpointed(input_ids=ids, labels=labels).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
