@@ -170,6 +170,25 @@ class PositionEncoding(nn.Module):
         super().__init__()
         self.dims = dims
 
+    def derived_tables(self) -> dict[str, torch.Tensor]:
+        """Tables computed from the options (fp32), kept as non-persistent buffers; none by default."""
+        return {}
+
+    def _register_derived_tables(self) -> None:
+        for name, table in self.derived_tables().items():
+            self.register_buffer(name, table, persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        """After `.to()` / `.half()`, recompute derived tables in fp32 on the new device.
+
+        A cast to bf16 would round inverse frequencies and slopes (RoPE angles at position 2000 would be off by
+        whole radians); transformers' rotary modules keep them in fp32 for the same reason.
+        """
+        super()._apply(fn, recurse)
+        for name, table in self.derived_tables().items():
+            setattr(self, name, table.to(getattr(self, name).device))
+        return self
+
     def options(self) -> dict[str, Any]:
         """The resolved options, JSON-serializable, such that `type(self)(dims, **self.options())` rebuilds it."""
         return {name: getattr(self, name) for name in option_defaults(type(self))}
@@ -389,8 +408,10 @@ class NezhaFunctionalRelative(RelativeEncoding):
             f"max_distance must be an int >= 1, got {max_distance!r}.",
         )
         self.max_distance = max_distance
-        rows = torch.arange(2 * max_distance + 1)
-        self.register_buffer("table", sinusoid_table(rows, dims.head_dim), persistent=False)
+        self._register_derived_tables()
+
+    def derived_tables(self) -> dict[str, torch.Tensor]:
+        return {"table": sinusoid_table(torch.arange(2 * self.max_distance + 1), self.dims.head_dim)}
 
     def attend(self, query, key, positions, context):
         # NEZHA indexes by j - i, the opposite sign of BERT's relative_key: flip the index.
@@ -491,7 +512,10 @@ class ALiBi(RelativeEncoding):
             isinstance(slope_scale, int | float) and slope_scale > 0, f"slope_scale must be > 0, got {slope_scale!r}."
         )
         self.slope_scale = float(slope_scale)
-        self.register_buffer("slopes", alibi_slopes(dims.num_heads) * self.slope_scale, persistent=False)
+        self._register_derived_tables()
+
+    def derived_tables(self) -> dict[str, torch.Tensor]:
+        return {"slopes": alibi_slopes(self.dims.num_heads) * self.slope_scale}
 
     def _bias(self, positions: Positions, dtype: torch.dtype) -> torch.Tensor:
         distance = positions.relative().abs().to(torch.float32)  # (Q, K) or (B, Q, K)
@@ -551,8 +575,11 @@ class RotaryEncoding(RelativeEncoding):
         _check(scaling is None or factor > 1, f"scaling={scaling!r} needs factor > 1.")
         self.base, self.scaling, self.factor = float(base), scaling, float(factor)
         self.original_max_length = original_max_length or dims.max_length
-        inv_freq, self.attention_factor = self._inv_freq()
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.attention_factor = self._inv_freq()[1]
+        self._register_derived_tables()
+
+    def derived_tables(self) -> dict[str, torch.Tensor]:
+        return {"inv_freq": self._inv_freq()[0]}
 
     def _inv_freq(self) -> tuple[torch.Tensor, float]:
         dim, base = self.dims.head_dim, self.base

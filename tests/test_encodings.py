@@ -214,3 +214,12 @@ def test_derived_tables_are_not_saved():
         encoding = build_encoding(name, DIMS, {})
         learned = {k for k, _ in encoding.named_parameters()}
         assert set(encoding.state_dict()) == learned, name  # buffers (sinusoids, slopes, inv_freq) are derived
+
+
+@pytest.mark.parametrize("name,buffer", [("rope", "inv_freq"), ("alibi", "slopes"), ("nezha", "table")])
+def test_derived_tables_stay_fp32_through_dtype_casts(name, buffer):
+    encoding = build_encoding(name, DIMS, {})
+    exact = getattr(encoding, buffer).clone()
+    encoding.to(torch.bfloat16)
+    assert getattr(encoding, buffer).dtype == torch.float32
+    assert torch.equal(getattr(encoding, buffer), exact)
