@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 from .architectures import ARCHITECTURES  # noqa: E402
 from .attention import BACKEND, register_backend  # noqa: E402
 from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding  # noqa: E402
+from .extension import extend_positions, set_max_length, update_max_seq_length  # noqa: E402
 from .patching import patch_model, patch_spec, plan_patch, unpatch_model  # noqa: E402
 
 register_backend()
@@ -18,9 +19,12 @@ __all__ = [
     "BACKEND",
     "ENCODINGS",
     "PositionEncoding",
+    "extend_positions",
     "patch_model",
     "patch_spec",
     "plan_patch",
     "register_encoding",
+    "set_max_length",
     "unpatch_model",
+    "update_max_seq_length",
 ]

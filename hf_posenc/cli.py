@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-CLI_MODULES: tuple[str, ...] = ()
+CLI_MODULES: tuple[str, ...] = ("hf_posenc.extension",)
 """Modules that contribute subcommands (`register_cli`)."""
 
 

@@ -232,14 +232,22 @@ def sinusoid_table(positions: torch.Tensor, dim: int, base: float = 10000.0) -> 
 
 
 EXTENSION_INITS = ("copy", "interpolate", "sinusoidal", "random")
-"""How `extend_positions` fills new rows of a learned table (implemented in `hf_posenc.extension`)."""
+"""How `extend_positions` fills new rows of a learned table (implemented in `hf_posenc.extension.INITS`)."""
+
+# --- issue 3 (extension): inference-time position maps of the learned table ---
+POSITION_ID_MAPS = ("recurrent", "grouped")
+"""LongEmbed's position maps into the trained rows (implemented in `hf_posenc.extension.PositionMap`)."""
+# --- end issue 3 ---
 
 
 @register_encoding("learned")
 class LearnedAbsolute(PositionEncoding):
     """The checkpoint's own learned absolute table, left in place (the identity patch; the base for extension).
 
-    `init` only matters when `max_length` grows the table (see `hf_posenc.extend_positions`).
+    `init` only matters when `max_length` grows the table (see `hf_posenc.extend_positions`). `position_ids`
+    ("recurrent": `p mod T`, "grouped": `p // group_size`) instead maps positions past the trained length `T` into the
+    trained rows at inference time, with no new rows (LongEmbed, Zhu et al. 2024); it needs `max_length`, and
+    `group_size` defaults to `ceil(max_length / T)`.
     """
 
     kind = "absolute"
@@ -248,9 +256,24 @@ class LearnedAbsolute(PositionEncoding):
     citation = "Devlin et al. 2019, BERT (arXiv:1810.04805)"
     step0 = "identity: outputs are bit-identical to the unpatched model"
 
-    def __init__(self, dims: StackDims, *, init: str = "copy") -> None:
+    def __init__(
+        self, dims: StackDims, *, init: str = "copy", position_ids: str | None = None, group_size: int | None = None
+    ) -> None:
         super().__init__(dims)
         _check(init in EXTENSION_INITS, f"init must be one of {EXTENSION_INITS}, got {init!r}.")
+        # --- issue 3 (extension): position maps ---
+        _check(
+            position_ids is None or position_ids in POSITION_ID_MAPS,
+            f"position_ids must be None or one of {POSITION_ID_MAPS}, got {position_ids!r}.",
+        )
+        _check(
+            group_size is None
+            or (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 2),
+            f"group_size must be an int >= 2, got {group_size!r}.",
+        )
+        _check(group_size is None or position_ids == "grouped", "group_size only applies to position_ids='grouped'.")
+        self.position_ids, self.group_size = position_ids, group_size
+        # --- end issue 3 ---
         self.init = init
 
 

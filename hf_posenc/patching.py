@@ -343,6 +343,8 @@ def patch_model(
     decoder: str | dict | None = None,
     keep_absolute: bool = False,
     replace: bool = False,
+    max_length: int | None = None,
+    tokenizer: Any = None,
     **options: Any,
 ) -> nn.Module:
     """Swap the position encoding of a BERT- or BART-family model in place.
@@ -355,6 +357,11 @@ def patch_model(
         keep_absolute: keep the learned absolute table beside a relative encoding (a hybrid). With the relative
             terms initialized to zero (the default then) the patched model starts with unchanged outputs.
         replace: allow patching a model that is already patched (the earlier patch is undone first).
+        max_length: a new input limit for the patched stacks (see `hf_posenc.extension`). `learned` grows its table
+            (its `init` option fills the new rows) or, with `position_ids="recurrent" | "grouped"`, maps positions
+            into the trained rows; other encodings have no table and only update the limits (config, buffers,
+            tokenizer, `config.posenc`).
+        tokenizer: with `max_length`, the model's tokenizer, whose `model_max_length` is set to it.
         **options: the encoding's options (its keyword-only constructor arguments), e.g. `base=10000` for rope.
 
     Returns:
@@ -371,12 +378,19 @@ def patch_model(
             "patch, or call hf_posenc.unpatch_model(model) first."
         )
     plans = plan_patch(model, encoding, encoder=encoder, decoder=decoder, keep_absolute=keep_absolute, **options)
+    # --- issue 3 (extension): validate max_length / tokenizer before any change, apply after the patch ---
+    from .extension import apply_length_plan, plan_for_patch  # extension imports this module
+
+    length_plan = plan_for_patch(model, plans, max_length, tokenizer)
+    # --- end issue 3 ---
     if patch_spec(model) is not None:
         _remove_patch(model)
     for plan in plans:
         _install_table(model, plan)
         _install_attention(model, plan)
     _record(model, plans)
+    if length_plan is not None:  # issue 3
+        apply_length_plan(model, length_plan)
     if any(plan.spec.cls.kind == "relative" for plan in plans):
         model.set_attn_implementation(BACKEND)
     return model

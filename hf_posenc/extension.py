@@ -1,0 +1,617 @@
+"""Inputs longer than the trained length (BERT: 512, BART: 1024) for models with learned absolute positions.
+
+Two ways past a learned table's `T` trained positions:
+
+* **New rows** (`extend_positions(model, N, init=...)`, or `patch_model(model, "learned", max_length=N, init=...)`):
+  the table grows to `N` positions. The inits of the new rows are in `INITS`; the default `copy` keeps every input
+  of up to `T` tokens bit-identical and gives longer ones the local position structure the model was trained on.
+* **Mapped positions**, no new rows (`patch_model(model, "learned", position_ids="recurrent" | "grouped",
+  max_length=N)`): positions are mapped into the trained rows at inference time, as LongEmbed (Zhu et al. 2024,
+  arXiv:2404.12096) does for absolute-position embedding models. `recurrent` uses `p mod T`; `grouped` uses
+  `p // group_size` (default `group_size = ceil(N / T)`). A forward pre-hook on the table maps the positions, so
+  the table, its parameters and the state-dict keys stay as they were.
+
+Either way every limit moves with it: `config.max_position_embeddings` (it sizes the learned tables, so it follows
+them: raised when a table grows, kept when positions are mapped, raised to the new limit when no stack keeps a table),
+BERT-style `position_ids` / `token_type_ids` buffers, BART's `max_source_positions` / `max_target_positions`, the
+tokenizer's `model_max_length`, and `config.posenc` (each changed stack records `max_length`; a learned stack's
+`options.init` says how its rows were made). `update_max_seq_length` updates a sentence-transformers folder.
+Encodings without a table (sinusoidal, relative) run at any length: `max_length` then only updates this bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .architectures import StackSpec, architecture_for, get_submodule, row_offset
+from .encodings import EXTENSION_INITS, LearnedAbsolute, option_defaults, sinusoid_table
+from .patching import (
+    CONFIG_KEY,
+    PositionTable,
+    StackPlan,
+    _current_table,
+    _remember_hook,
+    grow_length_buffers,
+    patch_spec,
+)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Initializations of the new rows: (trained rows (T, D), new length N) -> (N, D), in the table's dtype
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def copy_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
+    """Tile the trained rows: position `p` gets row `p mod T` (Beltagy et al. 2020, Longformer, arXiv:2004.05150).
+
+    Longformer extended RoBERTa from 512 to 4096 positions this way and reports the copy init as crucial: attention
+    heads keep their strong local position patterns, so fine-tuning converges much faster than from random rows.
+    The trained rows are kept untouched.
+    """
+    index = torch.arange(trained.shape[0], length, device=trained.device) % trained.shape[0]
+    return torch.cat([trained, trained[index]])
+
+
+def interpolate_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear interpolation of the whole table onto `length` positions (position interpolation, Chen et al. 2023,
+    arXiv:2306.15595; LongEmbed applies it to absolute tables). The first and last rows are kept (align_corners);
+    every other row moves, so even short inputs change: the model sees positions at a finer spacing."""
+    grid = trained.float().T.unsqueeze(0)  # (1, D, T)
+    stretched = nn.functional.interpolate(grid, size=length, mode="linear", align_corners=True)
+    return stretched[0].T.to(trained.dtype)
+
+
+def sinusoidal_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
+    """New rows from the sinusoids of Vaswani et al. 2017 (arXiv:1706.03762), scaled to the trained table.
+
+    Each dimension gets the trained rows' mean and standard deviation (`mean_d + std_d * sqrt(2) * sin/cos(...)`,
+    the sinusoids having a standard deviation of about 1/sqrt(2)), so the embedding LayerNorm sees vectors of the size
+    it was trained on. The trained rows are kept untouched.
+    """
+    stats = trained.float()
+    mean, std = stats.mean(0), stats.std(0, unbiased=False)
+    positions = torch.arange(trained.shape[0], length, device=trained.device)
+    waves = sinusoid_table(positions, trained.shape[1]) * 2**0.5
+    return torch.cat([trained, (mean + std * waves).to(trained.dtype)])
+
+
+def random_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
+    """New rows drawn from `N(0, s^2)`, `s` the standard deviation of the trained rows: the weak baseline (Longformer
+    compares against it). Uses torch's global generator: seed it with `torch.manual_seed` to reproduce."""
+    std = trained.float().std().item()
+    fresh = torch.randn(length - trained.shape[0], trained.shape[1], device=trained.device) * std
+    return torch.cat([trained, fresh.to(trained.dtype)])
+
+
+INITS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "copy": copy_rows,
+    "interpolate": interpolate_rows,
+    "sinusoidal": sinusoidal_rows,
+    "random": random_rows,
+}
+"""Init name -> function. The names are `encodings.EXTENSION_INITS` (the option schema of `learned`), same order."""
+
+KEEPS_TRAINED_ROWS = ("copy", "sinusoidal", "random")
+"""Inits after which inputs of up to the old length give bit-identical outputs."""
+
+
+def extended_weight(weight: torch.Tensor, offset: int, max_length: int, init: str) -> torch.Tensor:
+    """The table `weight` grown to `max_length` positions; its `offset` special rows (BART, RoBERTa) are kept."""
+    with torch.no_grad():
+        positions = INITS[init](weight[offset:].detach(), max_length)
+        return torch.cat([weight[:offset].detach(), positions])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mapped positions (LongEmbed): a forward pre-hook on the learned table
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class PositionMap:
+    """Forward pre-hook of a learned table: maps positions into its `trained_length` trained rows.
+
+    `recurrent`: `p mod T`; `grouped`: `p // group_size` (LongEmbed, Zhu et al. 2024, arXiv:2404.12096). Rows before
+    the `offset` (RoBERTa's padding position) pass through unchanged. BART-style tables compute their positions from
+    `cache_length`, so the hook computes them the same way and hands the mapped ones over as `position_ids`.
+    """
+
+    def __init__(self, mode: str, trained_length: int, group_size: int | None, offset: int, call: str) -> None:
+        self.mode, self.trained_length, self.group_size = mode, trained_length, group_size
+        self.offset, self.call = offset, call
+
+    def map_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        if self.mode == "recurrent":
+            return positions % self.trained_length
+        return torch.div(positions, self.group_size, rounding_mode="floor")
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if self.call == "position_ids":  # BERT-style: table(position_ids)
+            rows = args[0] if args else kwargs.pop("input")
+            shifted = rows - self.offset
+            return (torch.where(shifted >= 0, self.map_positions(shifted) + self.offset, rows),), kwargs
+        input_ids = args[0] if args else kwargs.pop("input_ids")
+        cache_length = args[1] if len(args) > 1 else kwargs.pop("cache_length", 0)
+        positions = kwargs.pop("position_ids", None)
+        if positions is None:
+            positions = torch.arange(cache_length, cache_length + input_ids.shape[1], device=module.weight.device)
+        return (input_ids,), {**kwargs, "position_ids": self.map_positions(positions)}
+
+    def __repr__(self) -> str:
+        size = f", group_size={self.group_size}" if self.mode == "grouped" else ""
+        return f"PositionMap({self.mode!r}, trained_length={self.trained_length}{size}, offset={self.offset})"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Planning: validate and compute, touch nothing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StackLength:
+    """What a length change does to one stack.
+
+    Attributes:
+        stack: the stack.
+        mode: "extend" (new rows), "map" (positions mapped into the trained rows) or "bookkeeping" (no table).
+        offset: rows of the table before position 0.
+        weight: the grown table weight ("extend").
+        position_map: the hook to install ("map").
+        init: the init of the new rows ("extend").
+    """
+
+    stack: StackSpec
+    mode: str
+    offset: int
+    weight: torch.Tensor | None = None
+    position_map: PositionMap | None = None
+    init: str | None = None
+
+
+@dataclass
+class LengthPlan:
+    max_length: int
+    stacks: list[StackLength]
+    tokenizer: Any = None
+
+
+def check_max_length(max_length: Any) -> int:
+    """`max_length` as an int, or a `TypeError` / `ValueError` for a non-integer or non-positive one."""
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
+        raise TypeError(f"max_length must be a positive int, got {max_length!r} ({type(max_length).__name__}).")
+    if max_length <= 0:
+        raise ValueError(f"max_length must be a positive int, got {max_length}.")
+    return int(max_length)
+
+
+def _check_longer(max_length: int, current: int, stack: StackSpec) -> None:
+    if max_length <= current:
+        raise ValueError(
+            f"max_length={max_length} is not larger than the {stack.name}'s current limit of {current} positions: "
+            "extension only grows a model. Pass a larger max_length (truncate inputs to shorten them)."
+        )
+
+
+def check_init(init: Any) -> str:
+    if init not in EXTENSION_INITS:
+        raise ValueError(f"Unknown init {init!r}. Valid inits: {list(EXTENSION_INITS)} (see hf_posenc.extension).")
+    return init
+
+
+def check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
+    """Refuse a tokenizer that does not belong to `model`: more tokens than the model embeds, or another pad id."""
+    if tokenizer is None:
+        return
+    if not hasattr(tokenizer, "model_max_length"):
+        raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}.")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ValueError(
+            f"The tokenizer's vocabulary ({len(tokenizer)} tokens) does not match the model, which embeds {rows} "
+            "token ids: it is not this checkpoint's tokenizer. Pass the tokenizer saved with the model."
+        )
+    model_pad, tokenizer_pad = getattr(model.config, "pad_token_id", None), tokenizer.pad_token_id
+    if model_pad is not None and tokenizer_pad is not None and model_pad != tokenizer_pad:
+        raise ValueError(
+            f"The tokenizer pads with id {tokenizer_pad} but the model's pad_token_id is {model_pad}: it is not this "
+            "checkpoint's tokenizer. Pass the tokenizer saved with the model."
+        )
+
+
+def present_stacks(model: nn.Module, stacks: str | Iterable[str] | None = None) -> list[StackSpec]:
+    """The stacks of `model` named in `stacks` (default: all present ones), or a `ValueError` listing them."""
+    present = [s for s in architecture_for(model).stacks if get_submodule(model.base_model, s.module) is not None]
+    if stacks is None:
+        return present
+    names = [stacks] if isinstance(stacks, str) else list(stacks)
+    unknown = sorted(set(names) - {s.name for s in present})
+    if unknown or not names:
+        raise ValueError(
+            f"Unknown stack(s) {unknown or names} for {type(model).__name__}; it has {[s.name for s in present]}."
+        )
+    return [s for s in present if s.name in names]
+
+
+def _config_offset(stack: StackSpec, offset: int) -> int:
+    """Rows the model adds to `config.max_position_embeddings` itself (BART builds `mpe + 2` rows, BERT `mpe`)."""
+    return offset if stack.table_call == "bart" else 0
+
+
+def _config_limit(model: nn.Module, stack: StackSpec) -> int:
+    """The input limit that `config.max_position_embeddings` implies for a stack (RoBERTa: 514 -> 512)."""
+    offset = row_offset(stack, model.config)
+    return model.config.max_position_embeddings + _config_offset(stack, offset) - offset
+
+
+def _stack_entry(model: nn.Module, stack: StackSpec) -> dict[str, Any]:
+    return ((patch_spec(model) or {}).get("stacks") or {}).get(stack.name) or {}
+
+
+def _plan_extension(model: nn.Module, stack: StackSpec, table: nn.Embedding, max_length: int, init: str):
+    offset = row_offset(stack, model.config)
+    _check_longer(max_length, table.num_embeddings - offset, stack)
+    weight = extended_weight(table.weight, offset, max_length, init)
+    return StackLength(stack, "extend", offset, weight=weight, init=init)
+
+
+def _plan_mapping(model: nn.Module, stack: StackSpec, table: nn.Embedding, max_length: int, encoding) -> StackLength:
+    """Resolve `group_size` (default `ceil(max_length / T)`) onto the encoding, so that the record rebuilds it."""
+    offset = row_offset(stack, model.config)
+    trained = table.num_embeddings - offset
+    _check_longer(max_length, trained, stack)
+    if encoding.position_ids == "grouped":
+        encoding.group_size = encoding.group_size or math.ceil(max_length / trained)
+        if encoding.group_size * trained < max_length:
+            raise ValueError(
+                f"group_size={encoding.group_size} maps at most {encoding.group_size * trained} positions onto the "
+                f"{stack.name}'s {trained} trained rows, fewer than max_length={max_length}. Use "
+                f"group_size >= {math.ceil(max_length / trained)}, or leave it out to get that."
+            )
+    position_map = PositionMap(encoding.position_ids, trained, encoding.group_size, offset, stack.table_call)
+    return StackLength(stack, "map", offset, position_map=position_map)
+
+
+def plan_for_patch(model: nn.Module, plans: list[StackPlan], max_length: Any, tokenizer: Any) -> LengthPlan | None:
+    """Validate `patch_model`'s `max_length` / `tokenizer` against its stack plans; touches nothing but the new
+    (not yet installed) encodings, onto which a default `group_size` is resolved."""
+    mapped = [p for p in plans if p.spec.encoding == "learned" and p.encodings[0].position_ids is not None]
+    if max_length is None:
+        if mapped:
+            raise ValueError(
+                f"position_ids={mapped[0].encodings[0].position_ids!r} maps positions past the trained length: "
+                "pass the new input limit as max_length=N."
+            )
+        if tokenizer is not None:
+            raise ValueError("tokenizer= is only used with max_length (its model_max_length is set to it).")
+        return None
+    max_length = check_max_length(max_length)
+    check_tokenizer(model, tokenizer)
+    return LengthPlan(max_length, [_plan_patched_stack(model, p, max_length) for p in plans], tokenizer)
+
+
+def _plan_patched_stack(model: nn.Module, plan: StackPlan, max_length: int) -> StackLength:
+    stack, spec = plan.stack, plan.spec
+    table = _current_table(model.base_model, stack)
+    if spec.encoding == "learned":
+        encoding = plan.encodings[0]
+        if encoding.position_ids is not None:
+            return _plan_mapping(model, stack, table, max_length, encoding)
+        return _plan_extension(model, stack, table, max_length, encoding.init)
+    if spec.keep_absolute:
+        raise ValueError(
+            f"keep_absolute=True keeps the {stack.name}'s learned table, which stops at "
+            f"{table.num_embeddings - row_offset(stack, model.config)} positions, and max_length does not say how to "
+            f"fill new rows. Patch without max_length, then grow the kept table with "
+            f"hf_posenc.extend_positions(model, {max_length}, init=...)."
+        )
+    _check_longer(max_length, _config_limit(model, stack), stack)
+    return StackLength(stack, "bookkeeping", row_offset(stack, model.config))
+
+
+def _nothing_to_extend(model: nn.Module, stack: StackSpec, table: nn.Module) -> ValueError:
+    entry = _stack_entry(model, stack)
+    encoding = entry.get("encoding", "?")
+    if isinstance(table, PositionTable):
+        return ValueError(
+            f"The {stack.name} has no learned position table to extend: its {encoding!r} encoding computes every "
+            "position and runs at any length. To raise the recorded limits (config, buffers, tokenizer) only, call "
+            "hf_posenc.set_max_length(model, max_length, tokenizer=...)."
+        )
+    mode = entry["options"]["position_ids"]
+    return ValueError(
+        f"The {stack.name} maps positions into its trained rows (position_ids={mode!r}), so new rows would never be "
+        "used. Re-patch with a larger limit instead: hf_posenc.patch_model(model, 'learned', "
+        f"position_ids={mode!r}, max_length=N, replace=True)."
+    )
+
+
+def _is_mapped(model: nn.Module, stack: StackSpec) -> bool:
+    entry = _stack_entry(model, stack)
+    return entry.get("encoding") == "learned" and (entry.get("options") or {}).get("position_ids") is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Applying
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def apply_length_plan(model: nn.Module, plan: LengthPlan) -> None:
+    """Grow tables, install position maps, then update every limit: config, buffers, tokenizer and record."""
+    base = model.base_model
+    for item in plan.stacks:
+        table = get_submodule(base, item.stack.table)
+        if item.mode == "extend":
+            _set_weight(table, item.weight)
+        elif item.mode == "map":
+            handle = table.register_forward_pre_hook(item.position_map, with_kwargs=True)
+            _remember_hook(base.get_submodule(item.stack.module), handle)  # unpatch_model removes it
+        _grow_stack_limits(base, item, plan.max_length)
+    _update_config(model, plan)
+    _update_tokenizer(plan.tokenizer, plan.max_length)
+    _record_lengths(model, plan)
+
+
+def _set_weight(table: nn.Embedding, weight: torch.Tensor) -> None:
+    requires_grad = table.weight.requires_grad
+    table.weight = nn.Parameter(weight.to(table.weight.device), requires_grad=requires_grad)
+    table.num_embeddings = weight.shape[0]
+
+
+def _grow_stack_limits(base: nn.Module, item: StackLength, max_length: int) -> None:
+    """BERT-style `position_ids` / `token_type_ids` buffers and BART's `max_source/target_positions`."""
+    if item.stack.embeddings:
+        embeddings = base.get_submodule(item.stack.embeddings)
+        if embeddings.position_ids.shape[-1] < max_length + item.offset:
+            grow_length_buffers(embeddings, max_length + item.offset)
+    stack_module = base.get_submodule(item.stack.module)
+    for attribute in ("max_source_positions", "max_target_positions"):
+        if hasattr(stack_module, attribute):
+            setattr(stack_module, attribute, max_length)
+
+
+def _update_config(model: nn.Module, plan: LengthPlan) -> None:
+    """`max_position_embeddings` sizes the learned tables when the model is built, so it follows the tables (the
+    largest, when BART's differ); only when no stack keeps a table does it become the new input limit."""
+    config, base = model.config, model.base_model
+    sizes = []
+    for stack in present_stacks(model):
+        table = get_submodule(base, stack.table)
+        if isinstance(table, nn.Embedding):
+            sizes.append(table.num_embeddings - _config_offset(stack, row_offset(stack, config)))
+    if not sizes:
+        item = plan.stacks[0]
+        sizes = [
+            config.max_position_embeddings,
+            plan.max_length + item.offset - _config_offset(item.stack, item.offset),
+        ]
+    config.max_position_embeddings = max(sizes)
+
+
+def _update_tokenizer(tokenizer: Any, max_length: int) -> None:
+    """`model_max_length` bounds truncation and the too-long warning; `save_pretrained` writes it."""
+    if tokenizer is None:
+        return
+    tokenizer.model_max_length = max_length
+    tokenizer.init_kwargs["model_max_length"] = max_length
+
+
+def learned_entry(init: str = "copy") -> dict[str, Any]:
+    """The record of a stack that keeps its learned table, as `patch_model(model, "learned", init=...)` writes it."""
+    return {
+        "encoding": "learned",
+        "options": {**option_defaults(LearnedAbsolute), "init": init},
+        "keep_absolute": False,
+    }
+
+
+def _record_lengths(model: nn.Module, plan: LengthPlan) -> None:
+    """Each changed stack records `max_length` (and its init); every other stack that keeps a learned table records
+    its own limit too (BART's stacks may differ, and `max_position_embeddings` can hold only one of them)."""
+    stacks = dict((patch_spec(model) or {}).get("stacks") or {})
+    changed = {item.stack.name: item for item in plan.stacks}
+    for stack in present_stacks(model):
+        entry = dict(stacks.get(stack.name) or {})
+        item, table = changed.get(stack.name), get_submodule(model.base_model, stack.table)
+        if item is None and not isinstance(table, nn.Embedding):
+            continue
+        entry = entry or learned_entry()
+        if item is not None and item.mode == "extend":
+            if entry["encoding"] == "learned":
+                entry["options"] = {**entry["options"], "init": item.init}
+            else:
+                entry["table_init"] = item.init  # a hybrid's kept table
+        entry["max_length"] = plan.max_length if item is not None else entry.get("max_length", _limit(model, stack))
+        stacks[stack.name] = entry
+    setattr(model.config, CONFIG_KEY, {"version": __version__, "stacks": stacks})
+
+
+def _limit(model: nn.Module, stack: StackSpec) -> int:
+    table = get_submodule(model.base_model, stack.table)
+    return table.num_embeddings - row_offset(stack, model.config)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def extend_positions(
+    model: nn.Module,
+    max_length: int,
+    *,
+    init: str = "copy",
+    tokenizer: Any = None,
+    stacks: str | Iterable[str] | None = None,
+) -> nn.Module:
+    """Grow the learned absolute position tables of `model` to `max_length` positions, in place.
+
+    The same as `patch_model(model, "learned", max_length=max_length, init=init)` on an unpatched model; on a patched
+    one it grows the tables the patch kept (`learned`, or a hybrid's with `keep_absolute=True`) and leaves the rest of
+    the patch alone. Row offsets are respected: BART's 2 special rows and RoBERTa's rows up to `padding_idx` are kept
+    and only the position rows grow. Every limit is updated (see the module docstring).
+
+    Args:
+        model: a transformers model of a supported `model_type`, any task head.
+        max_length: the new number of positions (the longest input), larger than the current one.
+        init: how to fill the new rows, one of `hf_posenc.extension.INITS`: `copy` (default: tile the trained rows,
+            Longformer; inputs of up to the old length keep bit-identical outputs), `interpolate` (stretch the
+            whole table, Chen et al. 2023), `sinusoidal` (sinusoids at the trained rows' scale), `random` (the weak
+            baseline).
+        tokenizer: the model's tokenizer; its `model_max_length` is set to `max_length`.
+        stacks: the stacks to grow (BART: `["encoder"]` or `["decoder"]`); default all.
+
+    Returns:
+        The same model.
+
+    Raises:
+        TypeError: a non-integer `max_length`, or a `tokenizer` that is not a tokenizer.
+        ValueError: a `max_length` that is not positive or not larger than a stack's current one, an unknown `init`
+            or stack, a stack with no learned table to grow, a tokenizer that does not match the model. The model is
+            unchanged after any of these.
+    """
+    max_length, init = check_max_length(max_length), check_init(init)
+    check_tokenizer(model, tokenizer)
+    items = []
+    for stack in present_stacks(model, stacks):
+        table = get_submodule(model.base_model, stack.table)
+        if not isinstance(table, nn.Embedding) or _is_mapped(model, stack):
+            raise _nothing_to_extend(model, stack, table)
+        items.append(_plan_extension(model, stack, table, max_length, init))
+    apply_length_plan(model, LengthPlan(max_length, items, tokenizer))
+    return model
+
+
+def set_max_length(
+    model: nn.Module, max_length: int, *, tokenizer: Any = None, stacks: str | Iterable[str] | None = None
+) -> nn.Module:
+    """Raise the recorded input limit of stacks that have no learned table (sinusoidal or relative encodings).
+
+    Such stacks already run at any length; this updates the bookkeeping only: `config.max_position_embeddings`,
+    BERT-style buffers, the tokenizer's `model_max_length` and `config.posenc`. A stack that still has a learned
+    table is refused (it needs new rows: `extend_positions`).
+    """
+    max_length = check_max_length(max_length)
+    check_tokenizer(model, tokenizer)
+    items = []
+    for stack in present_stacks(model, stacks):
+        table = get_submodule(model.base_model, stack.table)
+        if isinstance(table, nn.Embedding):
+            raise ValueError(
+                f"The {stack.name} keeps a learned table of {_limit(model, stack)} positions, which bounds its input: "
+                "grow it with hf_posenc.extend_positions(model, max_length, init=...)."
+            )
+        _check_longer(max_length, _stack_entry(model, stack).get("max_length") or _config_limit(model, stack), stack)
+        items.append(StackLength(stack, "bookkeeping", row_offset(stack, model.config)))
+    apply_length_plan(model, LengthPlan(max_length, items, tokenizer))
+    return model
+
+
+SENTENCE_TRANSFORMERS_CONFIG = "sentence_bert_config.json"
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", SENTENCE_TRANSFORMERS_CONFIG)
+
+
+def update_max_seq_length(folder: str | Path, max_length: int) -> bool:
+    """Set `max_seq_length` in a sentence-transformers folder's `sentence_bert_config.json` to `max_length`.
+
+    sentence-transformers truncates to this value (all-MiniLM-L6-v2 ships 256), whatever the tokenizer allows.
+    Returns False, and writes nothing, when the folder has no such file.
+    """
+    max_length = check_max_length(max_length)
+    path = Path(folder) / SENTENCE_TRANSFORMERS_CONFIG
+    if not path.is_file():
+        return False
+    settings = json.loads(path.read_text())
+    settings["max_seq_length"] = max_length
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return True
+
+
+def copy_sentence_transformers_files(source: str | Path, target: str | Path) -> bool:
+    """Copy a sentence-transformers checkpoint's own files (module list, pooling and other module folders) from
+    `source` to `target`, where `save_pretrained` wrote the transformer. Returns False when `source` has none."""
+    source, target = Path(source), Path(target)
+    if not (source / SENTENCE_TRANSFORMERS_CONFIG).is_file():
+        return False
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    modules = json.loads((source / "modules.json").read_text()) if (source / "modules.json").is_file() else []
+    for module in modules:
+        path = module.get("path") or ""
+        if path and (source / path).is_dir():
+            shutil.copytree(source / path, target / path, dirs_exist_ok=True)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line: hf-posenc extend CHECKPOINT OUTPUT --max-length N [--init copy] [--stacks encoder]
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _load_checkpoint(checkpoint: str):
+    """The model with its task head (its `config.architectures` class, looked up only inside `transformers`)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(checkpoint)
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        cls = transformers.AutoModel
+    return cls.from_pretrained(checkpoint)
+
+
+def _load_tokenizer(checkpoint: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(checkpoint)
+    except (OSError, ValueError, TypeError):  # a folder without tokenizer files
+        return None
+
+
+def run_extend(args) -> int:
+    """`hf-posenc extend`: load, extend, save model + tokenizer (+ sentence-transformers files)."""
+    source = Path(args.checkpoint)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is not a local checkpoint folder (config.json, weights, tokenizer).")
+    max_length, init = check_max_length(args.max_length), check_init(args.init)
+    model, tokenizer = _load_checkpoint(str(source)), _load_tokenizer(str(source))
+    extend_positions(model, max_length, init=init, tokenizer=tokenizer, stacks=args.stacks)
+    model.save_pretrained(args.output)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(args.output)
+    sentence_transformers = copy_sentence_transformers_files(source, args.output)
+    if sentence_transformers:
+        update_max_seq_length(args.output, max_length)
+    saved = [
+        "model",
+        *(["tokenizer"] if tokenizer is not None else []),
+        *(["sentence-transformers files"] if sentence_transformers else []),
+    ]
+    print(f"Extended {source} to {max_length} positions (init={init!r}); saved {', '.join(saved)} to {args.output}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extend",
+        help="grow a checkpoint's learned position table (e.g. 512 -> 4096) and save it with its tokenizer",
+        description=extend_positions.__doc__.splitlines()[0],
+    )
+    parser.add_argument("checkpoint", help="local checkpoint folder (config.json, weights, tokenizer)")
+    parser.add_argument("output", help="folder to write the extended checkpoint to")
+    parser.add_argument("--max-length", type=int, required=True, help="the new number of positions")
+    parser.add_argument("--init", default="copy", choices=EXTENSION_INITS, help="how to fill the new rows")
+    parser.add_argument(
+        "--stacks", nargs="+", default=None, help="stacks to grow (BART: encoder, decoder); default all"
+    )
+    parser.set_defaults(func=run_extend)
