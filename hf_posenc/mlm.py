@@ -1,0 +1,152 @@
+"""Masked-LM adaptation: let a swapped encoder learn its new positions on running text before the task.
+
+A cold swap loses a pretrained model's sense of word order (DESIGN.md, "a measured caution"). Continued masked-LM
+training on running text (by default about 100 Wikipedia articles, `hf_posenc.data.load_running_text`) gives the
+encoder a chance to learn the new positions first. all-MiniLM-L6-v2 has no MLM head: `AutoModelForMaskedLM` builds
+one, newly initialized, with its decoder tied to the word embeddings, and it is trained together with the encoder.
+MLM loss and accuracy are measured before and after at each `mlm_eval_lengths`, on held-out articles with the same
+masks for every encoding.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .training import RunConfig, apply_encoding, fit, load_pretrained, special_tokens
+
+
+def chunk_running_text(texts: list[str], tokenizer, length: int, max_chunks: int | None = None) -> list[list[int]]:
+    """Cut concatenated documents into chunks of `length` tokens including special tokens (one document per chunk)."""
+    prefix, suffix = special_tokens(tokenizer)
+    room = length - len(prefix) - len(suffix)
+    chunks = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        chunks += [ids[i : i + room] for i in range(0, len(ids) - room + 1, room)]
+        if max_chunks is not None and len(chunks) >= max_chunks:
+            break
+    return [prefix + c + suffix for c in chunks[:max_chunks]]
+
+
+def mask_tokens(input_ids: torch.Tensor, tokenizer, probability: float, generator: torch.Generator | None = None):
+    """BERT's masking: pick `probability` of the non-special tokens; 80% [MASK], 10% random, 10% kept."""
+    labels = input_ids.clone()
+    special = torch.isin(input_ids, torch.tensor(tokenizer.all_special_ids))
+    chosen = (torch.rand(input_ids.shape, generator=generator) < probability) & ~special
+    labels[~chosen] = -100
+    draw = torch.rand(input_ids.shape, generator=generator)
+    masked = input_ids.clone()
+    masked[chosen & (draw < 0.8)] = tokenizer.mask_token_id
+    randomized = chosen & (draw >= 0.8) & (draw < 0.9)
+    masked[randomized] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[randomized]
+    return masked, labels
+
+
+class MaskingCollator:
+    """Stack equal-length chunks and mask them (training draws from the global RNG, which Accelerate restores)."""
+
+    def __init__(self, tokenizer, probability: float) -> None:
+        self.tokenizer, self.probability = tokenizer, probability
+
+    def __call__(self, chunks: list[list[int]]) -> dict[str, torch.Tensor]:
+        input_ids, labels = mask_tokens(torch.tensor(chunks), self.tokenizer, self.probability)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+def mlm_dataloaders(run: RunConfig, tokenizer) -> tuple[DataLoader, dict[int, list[dict]]]:
+    """Running text split by document: training chunks at `mlm_length`, fixed masked evaluation sets per length."""
+    from .data import load_running_text
+
+    texts = list(load_running_text(run.mlm_dataset, seed=run.data_seed)["text"])
+    if len(texts) < 2:
+        raise ValueError(
+            f"{run.mlm_dataset!r} has {len(texts)} text(s); MLM adaptation needs at least 2 (train, held out)."
+        )
+    held_out = max(1, len(texts) // 10)
+    train_texts, eval_texts = texts[held_out:], texts[:held_out]
+    train_chunks = chunk_running_text(train_texts, tokenizer, run.mlm_length)
+    if not train_chunks:
+        raise ValueError(f"{run.mlm_dataset!r} has no document of {run.mlm_length} tokens to train on.")
+    loader = DataLoader(
+        train_chunks,
+        batch_size=run.mlm_batch_size,
+        shuffle=True,
+        collate_fn=MaskingCollator(tokenizer, run.mlm_probability),
+    )
+    generator = torch.Generator().manual_seed(run.data_seed)
+    eval_sets = {}
+    for length in run.mlm_eval_lengths:
+        chunks = chunk_running_text(eval_texts, tokenizer, length, run.mlm_max_eval_chunks)
+        batches = [
+            torch.tensor(chunks[i : i + max(1, run.eval_tokens_per_batch // length)])
+            for i in range(0, len(chunks), max(1, run.eval_tokens_per_batch // length))
+        ]
+        eval_sets[length] = [
+            dict(zip(("input_ids", "labels"), mask_tokens(b, tokenizer, run.mlm_probability, generator)))
+            for b in batches
+        ]
+    return loader, eval_sets
+
+
+@torch.no_grad()
+def evaluate_mlm(model, eval_sets: dict[int, list[dict]]) -> dict[str, dict]:
+    """Masked-token loss and accuracy at each length (same masks for every encoding)."""
+    model.eval()
+    results = {}
+    for length, batches in eval_sets.items():
+        loss_sum, correct, count, started = 0.0, 0, 0, time.perf_counter()
+        device = next(model.parameters()).device
+        for batch in batches:
+            logits = model(input_ids=batch["input_ids"].to(device)).logits
+            labels = batch["labels"].to(device)
+            chosen = labels != -100
+            loss_sum += nn.functional.cross_entropy(logits[chosen], labels[chosen], reduction="sum").item()
+            correct += (logits[chosen].argmax(-1) == labels[chosen]).sum().item()
+            count += chosen.sum().item()
+        results[str(length)] = {
+            "mlm_loss": round(loss_sum / max(count, 1), 5),
+            "mlm_accuracy": round(correct / max(count, 1), 5),
+            "masked_tokens": count,
+            "chunks": sum(len(b["input_ids"]) for b in batches),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    return results
+
+
+def build_mlm_model(run: RunConfig) -> nn.Module:
+    """A masked-LM model from the checkpoint; a missing MLM head (all-MiniLM-L6-v2 has none) is newly initialized
+    and its decoder tied to the word embeddings, then the run's encoding is applied."""
+    from transformers import AutoModelForMaskedLM
+
+    model = load_pretrained(AutoModelForMaskedLM, run)
+    return apply_encoding(model, run)
+
+
+def adapt_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.Tensor], dict]:
+    """Continue masked-LM training after the swap; return the adapted encoder's state and MLM results."""
+    from accelerate.utils import set_seed
+
+    set_seed(run.seed)
+    model = build_mlm_model(run).to(accelerator.device)
+    loader, eval_sets = mlm_dataloaders(run, tokenizer)
+    results = {"before": evaluate_mlm(model, eval_sets)} if eval_sets else {}
+    overrides = {
+        "learning_rate": run.mlm_learning_rate,
+        "max_steps": run.mlm_steps,
+        "checkpoint_every": None,
+        "resume_from": None,
+        "stop_after": None,
+    }
+    results["train"] = fit(
+        accelerator, model, loader, run, Path(run.output_dir) / "mlm_checkpoints", "mlm", **overrides
+    )
+    unwrapped = accelerator.unwrap_model(model)
+    if eval_sets:
+        results["after"] = evaluate_mlm(unwrapped, eval_sets)
+    state = {k: v.detach().clone() for k, v in unwrapped.base_model.state_dict().items()}
+    accelerator.free_memory()  # the classification phase prepares its own model, optimizer and loader
+    return state, results

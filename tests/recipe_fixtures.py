@@ -1,0 +1,59 @@
+"""Tiny checkpoints and fixture data for the recipe tests (built on the fly, nothing downloaded)."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+POSITIVE = ["good", "great", "fine", "love", "best", "nice", "superb", "fun"]
+NEGATIVE = ["bad", "awful", "poor", "hate", "worst", "dull", "boring", "weak"]
+NEUTRAL = [f"w{i}" for i in range(70)]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_vocab() -> dict[str, int]:
+    return {token: index for index, token in enumerate(SPECIALS + POSITIVE + NEGATIVE + NEUTRAL)}
+
+
+def make_tiny_bert(folder: Path, max_positions: int = 64, **config) -> Path:
+    """A random 2-layer BERT (hidden 32, 4 heads) with a WordPiece tokenizer over the fixture words."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = tiny_vocab()
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    settings = dict(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=max_positions, pad_token_id=0,
+    )
+    BertModel(BertConfig(**{**settings, **config})).save_pretrained(folder)
+    return folder
+
+
+def review(rng: random.Random, label: str, words: int) -> str:
+    """A document whose sentiment words sit among filler, some early and some late."""
+    cue = POSITIVE if label == "pos" else NEGATIVE
+    tokens = [rng.choice(NEUTRAL) for _ in range(words)]
+    for _ in range(max(2, words // 10)):
+        tokens[rng.randrange(words)] = rng.choice(cue)
+    return " ".join(tokens)
+
+
+def make_reviews_csv(path: Path, count: int = 80, seed: int = 0, columns=("text", "label")) -> Path:
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for index in range(count):
+            label = "pos" if index % 2 else "neg"
+            writer.writerow([review(rng, label, rng.randint(20, 120)), label])
+    return path
+
+
+def make_running_text(path: Path, paragraphs: int = 40, seed: int = 1) -> Path:
+    rng = random.Random(seed)
+    words = POSITIVE + NEGATIVE + NEUTRAL
+    path.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(200)) for _ in range(paragraphs)) + "\n")
+    return path
