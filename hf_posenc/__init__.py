@@ -9,7 +9,9 @@ from .architectures import ARCHITECTURES  # noqa: E402
 from .attention import BACKEND, register_backend  # noqa: E402
 from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding  # noqa: E402
 from .extension import extend_positions, set_max_length, update_max_seq_length  # noqa: E402
+from .hub import from_pretrained  # noqa: E402  (importing registers the posenc-<type> model types)
 from .patching import patch_model, patch_spec, plan_patch, unpatch_model  # noqa: E402
+from .publish import push_to_hub, read_results, render_model_card, save_for_hub  # noqa: E402
 
 register_backend()
 
@@ -20,10 +22,15 @@ __all__ = [
     "ENCODINGS",
     "PositionEncoding",
     "extend_positions",
+    "from_pretrained",
     "patch_model",
     "patch_spec",
     "plan_patch",
+    "push_to_hub",
+    "read_results",
     "register_encoding",
+    "render_model_card",
+    "save_for_hub",
     "set_max_length",
     "unpatch_model",
     "update_max_seq_length",
