@@ -13,6 +13,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .blockwise import blockwise_attention
 from .encodings import AttentionTerms, PositionContext, Positions
 
 BACKEND = "posenc"
@@ -37,11 +38,13 @@ def posenc_attention_forward(
     positions = _positions(query, key, kwargs.pop("position_ids", None), context)
     terms = encoding.attend(query, key, positions, context)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    if terms.value_table is not None:
-        output = _attention_with_value_term(
-            terms, value, attention_mask, dropout if module.training else 0.0, scaling, causal
+    if terms.rows is not None and (terms.bias is None or _differentiated(terms, value)):
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        dropout = dropout if module.training else 0.0
+        output = blockwise_attention(
+            terms.query, terms.key, value, terms.rows, attention_mask, causal, scaling, dropout
         )
-        return output, None
+        return output.transpose(1, 2).contiguous(), None
     if terms.bias is not None:
         attention_mask = _merged_mask(terms, attention_mask, causal, context)
         causal = False
@@ -89,25 +92,11 @@ def _merged_mask(terms: AttentionTerms, attention_mask, causal: bool, context: P
     return context.memo(key, lambda: _merge(terms.bias, attention_mask, causal))
 
 
-def _attention_with_value_term(
-    terms: AttentionTerms, value: torch.Tensor, attention_mask, dropout: float, scaling: float | None, causal: bool
-) -> torch.Tensor:
-    """Explicit attention for encodings with a value term (NEZHA): the term needs the probabilities themselves.
-
-    The value term `sum_j p_ij table[index[i, j]]` is computed by summing probabilities per distance bucket (a
-    scatter-add into (B, H, Q, R)) and multiplying by the (R, D) table, never building an (L, L, D) tensor.
-    """
-    query, key = terms.query, terms.key
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    scores = _merge(scores + terms.bias, attention_mask, causal)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = torch.nn.functional.dropout(probs, p=dropout, training=dropout > 0)
-    index = terms.value_index if terms.value_index.dim() == 2 else terms.value_index.unsqueeze(1)
-    per_bucket = probs.new_zeros(*probs.shape[:-1], terms.value_table.shape[0])
-    per_bucket = per_bucket.scatter_add(-1, index.expand_as(probs), probs)
-    output = torch.matmul(probs, value) + torch.matmul(per_bucket, terms.value_table)
-    return output.transpose(1, 2).contiguous()
+def _differentiated(terms: AttentionTerms, value: torch.Tensor) -> bool:
+    """Whether autograd will differentiate this call: then a learned bias must take the blockwise path, where the
+    fused kernel runs with the bias detached and its gradient is recomputed block by block (issue 6)."""
+    tensors = (terms.query, terms.key, value, *terms.rows.inputs)
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def register_backend() -> None:

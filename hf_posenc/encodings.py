@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .blockwise import RowTerms
+
 ENCODINGS: dict[str, type[PositionEncoding]] = {}
 """Canonical encoding name -> class. Filled by `register_encoding`."""
 
@@ -137,17 +139,17 @@ class AttentionTerms:
         bias: an additive score bias broadcastable to (B, H, Q, K), in units of the scaled scores, or None.
         shared_bias: True when `bias` is the same object for every layer of the stack (it may then be merged with the
             attention mask once per forward).
-        value_table: (R, D) vectors added to the output as `sum_j p_ij * value_table[value_index[i, j]]` (the value
-            term of Shaw et al. and NEZHA), or None.
-        value_index: (Q, K) long indices into `value_table`.
+        rows: the terms as a recipe for any block of query rows (`hf_posenc.blockwise.RowTerms`): a bias that needs
+            gradients or depends on the query, a value term (Shaw et al., NEZHA). The backend then never keeps a
+            (B, H, Q, K) tensor for backward (issue 6). When `bias` is also given, it is used whenever nothing is
+            differentiated.
     """
 
     query: torch.Tensor
     key: torch.Tensor
     bias: torch.Tensor | None = None
     shared_bias: bool = False
-    value_table: torch.Tensor | None = None
-    value_index: torch.Tensor | None = None
+    rows: RowTerms | None = None
 
 
 def positions_key(positions: Positions) -> Hashable:
@@ -352,6 +354,47 @@ def _gather_key_distances(scores: torch.Tensor, index: torch.Tensor) -> torch.Te
     return torch.gather(transposed, -2, index.expand(*scores.shape[:-2], *index.shape[-2:]))
 
 
+# Position terms for a block of query rows `rows` (see `hf_posenc.blockwise.RowTerms`): the backend evaluates them one
+# block at a time, so the (B, H, Q, K) bias never exists whole, and again in backward for the gradients. They compute
+# in fp32 whatever the model's dtype (the backend casts the bias once, for the kernel).
+
+
+def _query_distance_bias(rows: slice, query_rows: torch.Tensor, table: torch.Tensor, index: torch.Tensor):
+    """`q_i . table[index[i, j]]` scaled by 1/sqrt(D): (B, H, r, R) scores per distance, then gathered to (r, K)."""
+    per_distance = torch.matmul(query_rows.float(), table.float().T)
+    return _gather_distances(per_distance, index[..., rows, :]) * query_rows.shape[-1] ** -0.5
+
+
+def _key_distance_scores(query, key, table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Once per call: the (B, H, K, R) scores `k_j . table[r]` that every block of rows gathers from."""
+    return table, index, torch.matmul(key.float(), table.float().T)
+
+
+def _query_key_distance_bias(rows: slice, query_rows, table, index, key_scores) -> torch.Tensor:
+    key_term = _gather_key_distances(key_scores, index[..., rows, :]) * query_rows.shape[-1] ** -0.5
+    return _query_distance_bias(rows, query_rows, table, index) + key_term
+
+
+def _distance_value_term(rows: slice, probs: torch.Tensor, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`sum_j p_ij table[index[i, j]]`: probabilities summed per distance (a scatter-add into (B, H, r, R)), times the
+    (R, D) table; never an (L, L, D) tensor."""
+    index = index[..., rows, :]
+    index = index if index.dim() == 2 else index.unsqueeze(1)
+    per_distance = probs.new_zeros(*probs.shape[:-1], table.shape[0])
+    per_distance = per_distance.scatter_add(-1, index.expand_as(probs), probs)
+    return torch.matmul(per_distance, table.float())
+
+
+def _bucket_bias(rows: slice, query_rows, weight: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+    """T5: the learned (num_buckets, H) scalars of `buckets` (Q, K) or (B, Q, K), as (1 | B, H, r, K)."""
+    return _heads_first(torch.nn.functional.embedding(buckets[..., rows, :], weight.float()))
+
+
+def _heads_first(bias: torch.Tensor) -> torch.Tensor:
+    """(Q, K, H) -> (1, H, Q, K); (B, Q, K, H) -> (B, H, Q, K)."""
+    return bias.permute(2, 0, 1).unsqueeze(0) if bias.dim() == 3 else bias.permute(0, 3, 1, 2)
+
+
 @register_encoding("relative_key")
 class ShawRelativeKey(RelativeEncoding):
     """Shaw et al. 2018 relative keys, as BERT's former `position_embedding_type="relative_key"`.
@@ -382,14 +425,10 @@ class ShawRelativeKey(RelativeEncoding):
     def reset_parameters(self, init: str) -> None:
         _init_table(self.distance_embedding.weight, "normal" if init == "auto" else init, self.dims.initializer_range)
 
-    def _query_term(self, query: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        per_distance = torch.matmul(query, self.distance_embedding.weight.to(query.dtype).T)  # (B, H, Q, R)
-        return _gather_distances(per_distance, index)
-
     def attend(self, query, key, positions, context):
         index = _clipped_index(positions, self.max_distance, context)
-        scale = query.shape[-1] ** -0.5
-        return AttentionTerms(query, key, bias=self._query_term(query, index) * scale)
+        rows = RowTerms(inputs=(self.distance_embedding.weight, index), bias=_query_distance_bias)
+        return AttentionTerms(query, key, rows=rows)
 
 
 @register_encoding("relative_key_query")
@@ -403,9 +442,12 @@ class HuangRelativeKeyQuery(ShawRelativeKey):
 
     def attend(self, query, key, positions, context):
         index = _clipped_index(positions, self.max_distance, context)
-        per_distance = torch.matmul(key, self.distance_embedding.weight.to(key.dtype).T)  # (B, H, K, R)
-        bias = self._query_term(query, index) + _gather_key_distances(per_distance, index)
-        return AttentionTerms(query, key, bias=bias * query.shape[-1] ** -0.5)
+        rows = RowTerms(
+            inputs=(self.distance_embedding.weight, index),
+            prepare=_key_distance_scores,
+            bias=_query_key_distance_bias,
+        )
+        return AttentionTerms(query, key, rows=rows)
 
 
 @register_encoding("nezha")
@@ -438,10 +480,12 @@ class NezhaFunctionalRelative(RelativeEncoding):
 
     def attend(self, query, key, positions, context):
         # NEZHA indexes by j - i, the opposite sign of BERT's relative_key: flip the index.
-        index = 2 * self.max_distance - _clipped_index(positions, self.max_distance, context)
-        table = self.table.to(query.dtype)
-        bias = _gather_distances(torch.matmul(query, table.T), index) * query.shape[-1] ** -0.5
-        return AttentionTerms(query, key, bias=bias, value_table=table, value_index=index)
+        k = self.max_distance
+        index = context.memo(
+            ("nezha_index", k, positions_key(positions)), lambda: 2 * k - _clipped_index(positions, k, context)
+        )
+        rows = RowTerms(inputs=(self.table, index), bias=_query_distance_bias, value=_distance_value_term)
+        return AttentionTerms(query, key, rows=rows)
 
 
 def t5_relative_buckets(
@@ -496,17 +540,24 @@ class T5RelativeBias(RelativeEncoding):
             self.relative_attention_bias.weight, "normal" if init == "auto" else init, self.dims.initializer_range
         )
 
-    def _bias(self, positions: Positions, dtype: torch.dtype) -> torch.Tensor:
+    def _buckets(self, positions: Positions) -> torch.Tensor:
         relative = -positions.relative()  # key - query, T5's convention
-        buckets = t5_relative_buckets(relative, not self.dims.causal, self.num_buckets, self.max_distance)
-        bias = self.relative_attention_bias(buckets)  # (..., Q, K, H)
-        bias = bias.permute(2, 0, 1).unsqueeze(0) if bias.dim() == 3 else bias.permute(0, 3, 1, 2)
-        return bias.to(dtype)
+        return t5_relative_buckets(relative, not self.dims.causal, self.num_buckets, self.max_distance)
+
+    def _bias(self, positions: Positions, dtype: torch.dtype) -> torch.Tensor:
+        return _heads_first(self.relative_attention_bias(self._buckets(positions))).to(dtype)
 
     def attend(self, query, key, positions, context):
-        key_ = ("t5", positions_key(positions), query.dtype)
-        bias = context.memo(key_, lambda: self._bias(positions, query.dtype), learned=True)
-        return AttentionTerms(query, key, bias=bias, shared_bias=context.share_learned)
+        # The whole-stack bias is computed once per forward without gradients (the backend uses it when nothing is
+        # differentiated, and for the forward blocks otherwise); gradients come from `_bucket_bias`, block by block.
+        with torch.no_grad():
+            bias = context.memo(
+                ("t5", positions_key(positions), query.dtype), lambda: self._bias(positions, query.dtype)
+            )
+        buckets = context.memo(("t5_buckets", positions_key(positions)), lambda: self._buckets(positions))
+        weight = self.relative_attention_bias.weight
+        rows = RowTerms(inputs=(weight, buckets), bias=_bucket_bias, forward_bias=bias)
+        return AttentionTerms(query, key, bias=bias, shared_bias=True, rows=rows)
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
