@@ -150,3 +150,42 @@ def adapt_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.T
     state = {k: v.detach().clone() for k, v in unwrapped.base_model.state_dict().items()}
     accelerator.free_memory()  # the classification phase prepares its own model, optimizer and loader
     return state, results
+
+
+def run_mlm_adaptation(run: RunConfig) -> dict:
+    """MLM adaptation alone: train `run.mlm_steps` steps, report MLM loss and accuracy before/after per length.
+
+    Writes `results.json` and `results.md` under `run.output_dir`. To adapt and then fine-tune in one command, set
+    `mlm_steps` on a classification run (`hf_posenc.training.run_classification`).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .data import resolve_checkpoint
+    from .reporting import environment, markdown_table, write_json
+    from .training import check_lengths, make_accelerator
+
+    if run.mlm_steps < 1:
+        raise ValueError(f"mlm_steps must be at least 1, got {run.mlm_steps}.")
+    started = time.perf_counter()
+    checkpoint = resolve_checkpoint(run.model)
+    check_lengths(AutoConfig.from_pretrained(checkpoint), run, [run.mlm_length, *run.mlm_eval_lengths])
+    accelerator = make_accelerator(run)
+    _, results = adapt_mlm(run, AutoTokenizer.from_pretrained(checkpoint), accelerator)
+    record = {"kind": "mlm", "variant": run.variant, "config": run.to_dict(), "mlm": results}
+    record.update(timings={"total_seconds": round(time.perf_counter() - started, 2)}, environment=environment())
+    if accelerator.is_main_process:
+        folder = Path(run.output_dir)
+        write_json(record, folder / "results.json")
+        lengths = [int(n) for n in results.get("after", {})]
+        summary = {
+            f"{run.variant} {when}": {n: {k: [v] for k, v in m.items()} for n, m in results[when].items()}
+            for when in ("before", "after")
+            if when in results
+        }
+        tables = (
+            [markdown_table(summary, lengths, metric) for metric in ("mlm_loss", "mlm_accuracy")] if lengths else []
+        )
+        (folder / "results.md").write_text(
+            f"# MLM adaptation: {run.variant} on {run.mlm_dataset}\n\n" + "\n".join(tables)
+        )
+    return record

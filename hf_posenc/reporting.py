@@ -99,14 +99,19 @@ def run_markdown(results: dict, summary: dict, lengths: list[int]) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+NOT_METRICS = ("n", "seconds", "seq_per_s")
+"""Per-length entries of a run's metrics that are counts or timings, not scores."""
+
+
 def aggregate(runs: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
     """{variant: {length: {metric: [value per seed]}}} from a list of run results."""
     summary: dict = {}
     for run in runs:
         for length, metrics in run.get("metrics", {}).items():
             slot = summary.setdefault(run["variant"], {}).setdefault(length, {})
-            for name in ("accuracy", "macro_f1"):
-                slot.setdefault(name, []).append(metrics[name])
+            for name, value in metrics.items():
+                if name not in NOT_METRICS:
+                    slot.setdefault(name, []).append(value)
     return summary
 
 
@@ -156,9 +161,12 @@ def plot(
         xs = [n for n in lengths if str(n) in per_length]
         stats = [mean_std(per_length[str(n)][metric]) for n in xs]
         axes.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=variant)
-    for name, per_length in (baseline or {}).items():
+    for (name, per_length), style in zip((baseline or {}).items(), ("--", "-.", ":")):
         xs = [n for n in lengths if str(n) in per_length]
-        axes.plot(xs, [per_length[str(n)][metric] for n in xs], linestyle="--", color="gray", marker="x", label=name)
+        line = axes.plot(xs, [per_length[str(n)][metric] for n in xs], linestyle=style, color="gray", marker="x")[0]
+        line.set_label(name)
+        if "full" in per_length:  # what the bag of n-grams gets from whole documents: the headroom
+            axes.axhline(per_length["full"][metric], color="gray", linestyle=style, linewidth=0.8, alpha=0.6)
     axes.axvline(train_length, color="black", linestyle=":", label=f"training length ({train_length})")
     axes.set_xscale("log", base=2)
     axes.set_xticks(lengths, [str(n) for n in lengths])
@@ -220,18 +228,22 @@ def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, f
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+SWEEP_KINDS = ("classification", "seq2seq")
+
+
 @dataclass
 class SweepConfig:
     """Several variants (encodings, options, MLM adaptation) x seeds on one dataset, split and budget."""
 
     name: str = "sweep"
     description: str = ""
+    kind: str = "classification"  # or "seq2seq" (hf_posenc.seq2seq.Seq2SeqConfig fields)
     output_dir: str = "recipes/results/sweep"
-    base: dict = field(default_factory=dict)  # RunConfig fields shared by every variant
-    variants: list = field(default_factory=list)  # RunConfig fields per variant (at least "encoding")
+    base: dict = field(default_factory=dict)  # run fields shared by every variant
+    variants: list = field(default_factory=list)  # run fields per variant (at least "encoding")
     seeds: list = field(default_factory=lambda: [0])
-    baseline: bool = True
-    metric: str = "accuracy"
+    baseline: bool = True  # TF-IDF + logistic regression (classification only)
+    metric: str = "accuracy"  # the metric of the plot and the first table
 
     @classmethod
     def from_dict(cls, values: dict) -> SweepConfig:
@@ -240,24 +252,32 @@ class SweepConfig:
         if unknown:
             raise ValueError(f"Unknown sweep key(s) {unknown}. Valid keys: {sorted(names)}.")
         sweep = cls(**values)
+        if sweep.kind not in SWEEP_KINDS:
+            raise ValueError(f"Sweep kind must be one of {SWEEP_KINDS}, got {sweep.kind!r}.")
         if not sweep.variants:
             raise ValueError('A sweep needs at least one variant, e.g. {"encoding": "alibi"}.')
-        if sweep.metric not in ("accuracy", "macro_f1"):
-            raise ValueError(f"metric must be 'accuracy' or 'macro_f1', got {sweep.metric!r}.")
-        for run in sweep.runs():
-            RunConfig.from_dict(run.to_dict())  # validates every key before anything runs
+        if not sweep.seeds:
+            raise ValueError("A sweep needs at least one seed.")
+        sweep.runs()  # validates every key of every run before anything runs
         return sweep
 
     @classmethod
     def from_file(cls, path: str | Path) -> SweepConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def runs(self) -> list[RunConfig]:
-        """One RunConfig per (variant, seed), each with its own output folder under `output_dir/runs`."""
+    def run_class(self) -> type:
+        if self.kind == "seq2seq":
+            from .seq2seq import Seq2SeqConfig
+
+            return Seq2SeqConfig
+        return RunConfig
+
+    def runs(self) -> list:
+        """One run config per (variant, seed), each with its own output folder under `output_dir/runs`."""
         runs = []
         for variant in self.variants:
             for seed in self.seeds:
-                run = RunConfig.from_dict({**self.base, **variant, "seed": seed})
+                run = self.run_class().from_dict({**self.base, **variant, "seed": seed})
                 run.output_dir = str(Path(self.output_dir) / "runs" / f"{slug(run.variant)}_seed{seed}")
                 runs.append(run)
         return runs
@@ -267,40 +287,32 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=@+-]+", "_", text).strip("_")
 
 
-def run_sweep(sweep: SweepConfig, get_dataloaders: Callable = classification_dataloaders) -> dict:
-    """Run (or reuse, when a finished run with the same config is on disk) every run, then write the summary."""
-    from transformers import AutoConfig, AutoTokenizer
+def run_sweep(sweep: SweepConfig, get_dataloaders: Callable | None = None) -> dict:
+    """Run (or reuse, when a finished run with the same config is on disk) every run, then write the summary.
+
+    Finished runs are reused, so an interrupted sweep continues where it stopped when started again.
+    """
+    from transformers import AutoTokenizer
 
     from .data import resolve_checkpoint
-    from .training import check_lengths
 
-    runs = sweep.runs()
-    for run in runs:  # refuse impossible lengths for every variant before the first one trains
-        check_lengths(
-            AutoConfig.from_pretrained(resolve_checkpoint(run.model)),
-            run,
-            [run.train_length, *run.eval_lengths, *run.mlm_eval_lengths],
-        )
+    runs, runner = sweep.runs(), _runner(sweep.kind, get_dataloaders)
+    if sweep.kind == "classification":
+        _check_all_lengths(runs)
     started, results = time.perf_counter(), []
     for index, run in enumerate(runs):
         print(f"[{index + 1}/{len(runs)}] {run.variant} seed {run.seed}", flush=True)
-        results.append(_reuse(run) or run_classification(run, get_dataloaders=get_dataloaders))
+        results.append(_reuse(run) or runner(run))
     baseline = None
-    if sweep.baseline:
+    if sweep.baseline and sweep.kind == "classification":
         baseline = tfidf_baseline(runs[0], AutoTokenizer.from_pretrained(resolve_checkpoint(runs[0].model)))
+    keep = ("variant", "config", "metrics", "train", "mlm", "patch_spec", "timings", "data", "note")
     summary = {
         "kind": "sweep",
         "sweep": dataclasses.asdict(sweep),
         "summary": aggregate(results),
         "baseline": baseline,
-        "runs": [
-            {
-                k: r[k]
-                for k in ("variant", "config", "metrics", "train", "mlm", "patch_spec", "timings", "data")
-                if k in r
-            }
-            for r in results
-        ],
+        "runs": [{k: r[k] for k in keep if k in r} for r in results],
         "environment": environment(),
         "timings": {"total_seconds": round(time.perf_counter() - started, 1)},
     }
@@ -308,50 +320,85 @@ def run_sweep(sweep: SweepConfig, get_dataloaders: Callable = classification_dat
     return summary
 
 
-def _reuse(run: RunConfig) -> dict | None:
+def _runner(kind: str, get_dataloaders: Callable | None) -> Callable[[Any], dict]:
+    if kind == "seq2seq":
+        from .seq2seq import run_seq2seq, seq2seq_dataloaders
+
+        return lambda run: run_seq2seq(run, get_dataloaders=get_dataloaders or seq2seq_dataloaders)
+    return lambda run: run_classification(run, get_dataloaders=get_dataloaders or classification_dataloaders)
+
+
+def _check_all_lengths(runs: list[RunConfig]) -> None:
+    """Refuse impossible lengths for every variant before the first one trains."""
+    from transformers import AutoConfig
+
+    from .data import resolve_checkpoint
+    from .training import check_lengths
+
+    for run in runs:
+        config = AutoConfig.from_pretrained(resolve_checkpoint(run.model))
+        check_lengths(config, run, [run.train_length, *run.eval_lengths, *run.mlm_eval_lengths])
+
+
+def _reuse(run) -> dict | None:
     path = Path(run.output_dir) / "results.json"
     if not path.is_file():
         return None
     previous = json.loads(path.read_text())
-    same = previous.get("config") == run.to_dict() and "metrics" in previous
-    return previous if same else None
+    wanted = {k: v for k, v in run.to_dict().items() if k != "progress"}
+    found = {k: v for k, v in previous.get("config", {}).items() if k != "progress"}
+    return previous if found == wanted and "metrics" in previous else None
 
 
 def render(summary: dict, folder: Path) -> None:
     """Write `results.json`, `results.md` and `results.png` of a sweep (also re-renders from a results.json)."""
     sweep = SweepConfig.from_dict(summary["sweep"])
     base = sweep.runs()[0]
-    lengths, metric = base.eval_lengths, sweep.metric
     write_json(summary, folder / "results.json")
-    (folder / "results.md").write_text(sweep_markdown(summary, lengths, metric))
+    (folder / "results.md").write_text(sweep_markdown(summary, base.eval_lengths, sweep.metric))
     plot(
         summary["summary"],
-        lengths,
+        base.eval_lengths,
         base.train_length,
-        metric,
+        sweep.metric,
         folder / "results.png",
-        f"{base.model} on {base.dataset}: trained at {base.train_length} tokens ({len(sweep.seeds)} seed(s))",
+        f"{_subject(summary['runs'][0])}: trained at {base.train_length} tokens, {len(sweep.seeds)} seed(s)",
         summary.get("baseline"),
     )
 
 
+def _subject(run: dict) -> str:
+    config = run["config"]
+    if "model" in config:
+        return f"{Path(config['model']).name} on {Path(config['dataset']).name}"
+    return f"small BART (not pretrained), task {config['task']}"
+
+
+def _setting(run: dict, seeds: list[int]) -> str:
+    config, data = run["config"], run.get("data")
+    text = f"{_subject(run)}; trained at {config['train_length']} tokens, seeds {seeds}"
+    if data:
+        text += (
+            f"; {data['train_examples']} training / {data['test_examples']} test documents (median test length "
+            f"{data['test_tokens_median']} tokens). Each evaluation length truncates the test documents there"
+        )
+    if run.get("note"):
+        text += f". {run['note']}"
+    return text + ". Cells are the mean ± sample std over seeds (one value: one seed).\n"
+
+
 def sweep_markdown(summary: dict, lengths: list[int], metric: str) -> str:
+    """The sweep's Markdown: setting, one table per metric (baseline rows included), timings, environment."""
     sweep, runs = summary["sweep"], summary["runs"]
-    first = runs[0]
-    seconds = {r["variant"]: r["timings"]["total_seconds"] for r in runs}
+    seconds = {f"{r['variant']} (seed {r['config']['seed']})": r["timings"]["total_seconds"] for r in runs}
+    first_metrics = next(iter(summary["summary"].values()))
+    metrics = [metric] + sorted({m for per in first_metrics.values() for m in per} - {metric})
     text = [
         f"# {sweep['name']}\n",
         sweep["description"] + "\n" if sweep["description"] else "",
-        f"Model `{first['config']['model']}`, dataset `{first['config']['dataset']}` "
-        f"({first['data']['train_examples']} training / {first['data']['test_examples']} test documents, "
-        f"median test length {first['data']['test_tokens_median']} tokens), trained at "
-        f"{first['config']['train_length']} tokens, seeds {sweep['seeds']}; cells are mean ± sample std over seeds. "
-        f"Each evaluation length truncates the test documents at that many tokens.\n",
-        markdown_table(summary["summary"], lengths, metric, summary.get("baseline")),
-        markdown_table(
-            summary["summary"], lengths, "accuracy" if metric == "macro_f1" else "macro_f1", summary.get("baseline")
-        ),
-        "Seconds per run (train + evaluate): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n",
-        f"Environment: {json.dumps(summary['environment'])}\n",
+        _setting(runs[0], sweep["seeds"]),
     ]
+    text += [markdown_table(summary["summary"], lengths, m, summary.get("baseline")) for m in metrics]
+    text.append("Seconds per run (train + evaluate): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n")
+    text.append(f"Environment: `{json.dumps(summary['environment'])}`\n")
     return "\n".join(t for t in text if t)

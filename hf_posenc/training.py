@@ -246,7 +246,7 @@ def tokenize_texts(split, tokenizer, max_tokens: int):
     """Add `ids` (token ids without special tokens, at most `max_tokens`) and `n_tokens` to a dataset split."""
 
     def encode(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False, truncation=False)["input_ids"]
+        ids = tokenizer(batch["text"], add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         return {"ids": [i[:max_tokens] for i in ids], "n_tokens": [len(i) for i in ids]}
 
     return split.map(encode, batched=True, desc="tokenizing")
@@ -310,8 +310,13 @@ def _subsample(split, count: int | None, seed: int):
 def make_accelerator(run: RunConfig, project_dir: str | Path | None = None):
     """An `Accelerator` with seedable data order (exact resume), the run's precision, accumulation and tracker."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
+    # A sweep runs many Accelerators in one process, with their own precision and accumulation; Accelerate keeps
+    # these in process-wide singletons, so start each run from a clean one (the distributed PartialState is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(
         mixed_precision=run.mixed_precision,
         gradient_accumulation_steps=run.gradient_accumulation_steps,
@@ -346,6 +351,7 @@ class LoopSettings:
     max_grad_norm: float = 1.0
     progress: bool = True
     description: str = "training"
+    seed: int = 0
 
 
 def steps_per_epoch(loader: DataLoader, accumulation: int) -> int:
@@ -356,7 +362,8 @@ def train_loop(accelerator, model, optimizer, scheduler, loader, settings: LoopS
     """Train for `settings.total_steps` optimizer steps; checkpoint, resume exactly, or stop early.
 
     Exact resume: `save_state` stores model, optimizer, scheduler and RNG states at an optimizer-step boundary;
-    the seedable sampler replays each epoch's order, and `skip_first_batches` skips the batches already seen.
+    the seedable sampler replays each epoch's order, `skip_first_batches` skips the batches already seen, and
+    dropout is re-seeded from (seed, step) at each step (`_reseed`).
     """
     from tqdm.auto import tqdm
 
@@ -377,7 +384,9 @@ def train_loop(accelerator, model, optimizer, scheduler, loader, settings: LoopS
         skip = (state["completed_steps"] - epoch * settings.steps_per_epoch) * accumulation
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         model.train()
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index % accumulation == 0:
+                _reseed(settings.seed, state["completed_steps"], accelerator.process_index)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 micro_losses.append(accelerator.gather(loss.detach()).float().mean().item())
@@ -404,6 +413,12 @@ def train_loop(accelerator, model, optimizer, scheduler, loader, settings: LoopS
         epoch += 1
     progress.close()
     return _loop_summary(state, settings, time.perf_counter() - started)
+
+
+def _reseed(seed: int, step: int, process: int) -> None:
+    """Seed dropout from (seed, step, process): a resumed run then draws the same masks as an uninterrupted one,
+    whatever random numbers data loading consumed in between (a fresh DataLoader iterator draws one)."""
+    torch.manual_seed((seed * 1_000_003 + step) * 1_009 + process)
 
 
 def _should_save(step: int, settings: LoopSettings) -> bool:
@@ -555,6 +570,7 @@ def fit(accelerator, model, loader, run: RunConfig, checkpoint_dir: Path, descri
         max_grad_norm=run.max_grad_norm,
         progress=run.progress,
         description=description,
+        seed=run.seed,
     )
     summary = train_loop(accelerator, prepared_model, optimizer, scheduler, loader, settings)
     summary["total_batch_size"] = getattr(loader, "total_batch_size", None)

@@ -24,8 +24,13 @@ def make_tiny_bert(folder: Path, max_positions: int = 64, **config) -> Path:
     vocab = tiny_vocab()
     BertTokenizer(vocab=vocab).save_pretrained(folder)
     settings = dict(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=max_positions, pad_token_id=0,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
     )
     BertModel(BertConfig(**{**settings, **config})).save_pretrained(folder)
     return folder
@@ -53,7 +58,12 @@ def make_reviews_csv(path: Path, count: int = 80, seed: int = 0, columns=("text"
 
 
 def make_running_text(path: Path, paragraphs: int = 40, seed: int = 1) -> Path:
+    """Paragraphs that count through the filler words from a random start: a masked word follows from its
+    neighbours, so masked-LM loss can fall within a few steps."""
     rng = random.Random(seed)
-    words = POSITIVE + NEGATIVE + NEUTRAL
-    path.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(200)) for _ in range(paragraphs)) + "\n")
+    lines = []
+    for _ in range(paragraphs):
+        start = rng.randrange(len(NEUTRAL))
+        lines.append(" ".join(NEUTRAL[(start + i) % len(NEUTRAL)] for i in range(200)))
+    path.write_text("\n\n".join(lines) + "\n")
     return path

@@ -1,0 +1,46 @@
+"""Fine-tune a BERT-family model with a swapped (or extended) position encoding; evaluate at several lengths.
+
+    accelerate launch recipes/classification.py --encoding alibi --dataset pang_lee \
+        --train_length 128 --eval_lengths 128 256 512 1024 2048 --output_dir recipes/results/alibi
+
+    python recipes/classification.py --encoding learned --max_length 2048 --mlm_steps 200   # adapt, then fine-tune
+
+Any field of `hf_posenc.training.RunConfig` is an option (`--config file.json` sets many at once). The same run is
+`hf-posenc train ...`. Results: `results.json` (spec, versions, seed, git revision, timings) and `results.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hf_posenc.training import (
+    RunConfig,
+    add_config_arguments,
+    classification_dataloaders,
+    config_from_args,
+    run_classification,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="JSON file of RunConfig fields")
+    add_config_arguments(parser, RunConfig)
+    return config_from_args(parser.parse_args(argv), RunConfig)
+
+
+def get_dataloaders(run: RunConfig, tokenizer):
+    """(train loader at `train_length`, {length: eval loader}, data facts). Tests replace this seam."""
+    return classification_dataloaders(run, tokenizer)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # train -> evaluate -> write results: hf_posenc.training.run_classification (fit, evaluate_classification).
+    results = run_classification(parse_args(argv), get_dataloaders=get_dataloaders)
+    print(f"results in {results['config']['output_dir']}: {results.get('metrics')}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

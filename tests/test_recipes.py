@@ -1,0 +1,380 @@
+"""The recipes end to end on tiny models and fixture data: results files, exact resume, chaining, bad inputs.
+
+Everything here is built locally (a 2-layer BERT with hidden size 32 and a WordPiece vocabulary over the fixture
+words, CSV reviews, counting running text); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from recipe_fixtures import make_reviews_csv, make_running_text, make_tiny_bert
+
+from hf_posenc import cli
+from hf_posenc.reporting import SweepConfig, run_sweep
+from hf_posenc.training import RunConfig, classification_dataloaders, load_adapted_encoder, run_classification
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_recipe(name: str):
+    """Import `recipes/<name>.py` as a module (the recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("recipes")
+    return {
+        "bert": make_tiny_bert(root / "bert"),
+        "reviews": make_reviews_csv(root / "reviews.csv"),
+        "running": make_running_text(root / "running.txt"),
+        "root": root,
+    }
+
+
+def tiny_run(assets, tmp_path: Path, **overrides) -> RunConfig:
+    values = dict(
+        model=str(assets["bert"]),
+        dataset=str(assets["reviews"]),
+        encoding="alibi",
+        train_length=32,
+        eval_lengths=[16, 32, 64, 128],
+        epochs=1,
+        batch_size=8,
+        learning_rate=1e-3,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+    )
+    return RunConfig.from_dict({**values, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Results files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_train_writes_results_with_spec_versions_and_metrics_per_length(assets, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["train", "--model", str(assets["bert"]), "--dataset", str(assets["reviews"]), "--encoding", "rope"]
+    argv += ["--encoding_options", '{"base": 500}', "--train_length", "32", "--eval_lengths", "16", "64", "128"]
+    argv += ["--epochs", "1", "--batch_size", "8", "--seed", "3", "--output_dir", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["patch_spec"]["stacks"]["encoder"]["encoding"] == "rope"
+    assert results["patch_spec"]["stacks"]["encoder"]["options"]["base"] == 500
+    assert results["config"]["seed"] == 3 and results["config"]["train_length"] == 32
+    environment = results["environment"]
+    assert environment["torch"] == torch.__version__ and environment["transformers"]
+    assert environment["git_revision"] is None or len(environment["git_revision"].split("-")[0]) == 40
+    assert set(results["metrics"]) == {"16", "64", "128"}
+    test_examples = results["data"]["test_examples"]
+    assert test_examples == 16  # 20% of the 80 fixture reviews
+    for metrics in results["metrics"].values():
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0
+        assert metrics["n"] == test_examples and metrics["seconds"] > 0
+    assert results["train"]["completed_steps"] == 8 and len(results["train"]["losses"]) == 8
+    assert results["timings"]["total_seconds"] > 0
+    table = (out / "results.md").read_text()
+    assert "| accuracy | 16 | 64 | 128 |" in table and "| macro_f1 |" in table
+    assert "| accuracy | 16 | 64 | 128 |" in capsys.readouterr().out
+
+
+def test_recipe_seam_replaces_the_data_and_runs_in_bf16(assets, tmp_path, monkeypatch):
+    recipe = load_recipe("classification")
+    calls = []
+
+    def fixture_loaders(run, tokenizer):
+        calls.append(run.dataset)
+        train, evals, facts = classification_dataloaders(run, tokenizer)
+        return train, {16: evals[16]}, {**facts, "source": "fixture seam"}
+
+    monkeypatch.setattr(recipe, "get_dataloaders", fixture_loaders)
+    argv = ["--model", str(assets["bert"]), "--dataset", str(assets["reviews"]), "--encoding", "t5"]
+    argv += ["--train_length", "16", "--eval_lengths", "16", "--max_steps", "2", "--batch_size", "4"]
+    argv += ["--mixed_precision", "bf16", "--output_dir", str(tmp_path / "seam"), "--no-progress"]
+    results = recipe.main(argv)
+    assert calls == [str(assets["reviews"])]
+    assert results["data"]["source"] == "fixture seam" and list(results["metrics"]) == ["16"]
+    assert results["environment"]["mixed_precision"] == "bf16"
+    assert results["train"]["completed_steps"] == 2
+
+
+def test_report_re_renders_a_results_file(assets, tmp_path):
+    run = tiny_run(assets, tmp_path, max_steps=1, eval_lengths=[16, 32])
+    run_classification(run)
+    table = Path(run.output_dir) / "results.md"
+    table.unlink()
+    assert cli.main(["report", str(Path(run.output_dir) / "results.json")]) == 0
+    assert "| accuracy | 16 | 32 |" in table.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exact resume
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(assets, tmp_path):
+    # 64 training reviews, batch 8, accumulation 2: 4 optimizer steps per epoch. The run stops after step 3 (mid
+    # epoch, with a checkpoint: the simulated kill) and resumes into the second epoch. Dropout is on, so the RNG
+    # state must be restored too.
+    common = dict(max_steps=6, gradient_accumulation_steps=2, eval_lengths=[16, 64], learning_rate=5e-3)
+    whole = run_classification(tiny_run(assets, tmp_path / "whole", **common), keep_model=True)
+    killed = tiny_run(assets, tmp_path / "killed", stop_after=3, **common)
+    stopped = run_classification(killed)
+    assert stopped["train"]["stopped_early"] and "metrics" not in stopped
+    assert (Path(killed.output_dir) / "checkpoints" / "step_3" / "loop_state.json").is_file()
+    killed.stop_after, killed.resume_from = None, "latest"
+    resumed = run_classification(killed, keep_model=True)
+    assert resumed["train"]["completed_steps"] == whole["train"]["completed_steps"] == 6
+    assert resumed["train"]["losses"] == whole["train"]["losses"]
+    assert _scores(resumed) == _scores(whole)
+    expected, found = whole["model"].state_dict(), resumed["model"].state_dict()
+    assert expected.keys() == found.keys()
+    assert all(torch.equal(expected[k], found[k]) for k in expected)
+    assert not torch.equal(expected["classifier.weight"], _fresh_classifier_weight(assets))
+
+
+def _scores(results: dict) -> dict:
+    return {n: (m["accuracy"], m["macro_f1"], m["n"]) for n, m in results["metrics"].items()}
+
+
+def _fresh_classifier_weight(assets) -> torch.Tensor:
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForSequenceClassification
+
+    set_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(assets["bert"], num_labels=2).classifier.weight
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(assets, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint to resume from"):
+        run_classification(tiny_run(assets, tmp_path, resume_from="latest", max_steps=1))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MLM adaptation, chained with the task
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_mlm_adaptation_learns_and_chains_into_classification(assets, tmp_path):
+    run = tiny_run(
+        assets,
+        tmp_path,
+        encoding="learned",
+        max_length=128,
+        max_steps=2,
+        mlm_steps=20,
+        mlm_dataset=str(assets["running"]),
+        mlm_length=32,
+        mlm_batch_size=8,
+        mlm_learning_rate=3e-3,
+        mlm_eval_lengths=[32, 128],
+    )
+    results = run_classification(run, keep_model=True)
+    mlm = results["mlm"]
+    assert mlm["train"]["completed_steps"] == 20
+    for length in ("32", "128"):
+        assert mlm["after"][length]["masked_tokens"] > 0
+        assert mlm["after"][length]["mlm_loss"] < mlm["before"][length]["mlm_loss"] - 0.3
+    assert mlm["after"]["32"]["mlm_accuracy"] > mlm["before"]["32"]["mlm_accuracy"]
+    assert set(results["metrics"]) == {"16", "32", "64", "128"}
+    assert results["patch_spec"]["stacks"]["encoder"]["max_length"] == 128
+
+
+def test_adapted_encoder_must_fit_the_classifier(assets):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(assets["bert"], num_labels=2)
+    state = {k: v for k, v in model.base_model.state_dict().items() if not k.startswith("pooler.")}
+    load_adapted_encoder(model, state)  # the pooler may be missing (MLM models have none)
+    state.pop("embeddings.word_embeddings.weight")
+    with pytest.raises(ValueError, match="does not fit the classifier"):
+        load_adapted_encoder(model, state)
+
+
+def test_mlm_recipe_alone_reports_loss_and_accuracy_per_length(assets, tmp_path):
+    recipe = load_recipe("mlm_adaptation")
+    argv = ["--model", str(assets["bert"]), "--encoding", "alibi", "--mlm_steps", "3", "--mlm_length", "32"]
+    argv += ["--mlm_dataset", str(assets["running"]), "--mlm_eval_lengths", "32", "64", "--mlm_batch_size", "4"]
+    argv += ["--output_dir", str(tmp_path / "mlm"), "--no-progress"]
+    results = recipe.main(argv)
+    assert results["kind"] == "mlm" and set(results["mlm"]["after"]) == {"32", "64"}
+    assert "| mlm_accuracy | 32 | 64 |" in (tmp_path / "mlm" / "results.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sweep, baseline and plot; seq2seq
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_sweep_aggregates_seeds_adds_the_baseline_and_draws_the_plot(assets, tmp_path):
+    pytest.importorskip("sklearn")
+    sweep = SweepConfig.from_dict(
+        {
+            "name": "tiny sweep",
+            "output_dir": str(tmp_path / "sweep"),
+            "base": tiny_run(assets, tmp_path, max_steps=2, eval_lengths=[16, 64]).to_dict(),
+            "variants": [{"encoding": "alibi"}, {"encoding": "learned", "label": "stock"}],
+            "seeds": [0, 1],
+        }
+    )
+    summary = run_sweep(sweep)
+    assert set(summary["summary"]) == {"alibi", "stock"}
+    assert len(summary["summary"]["alibi"]["16"]["accuracy"]) == 2
+    baseline = summary["baseline"]
+    assert set(baseline) == {"TF-IDF+LR (train full)", "TF-IDF+LR (train @32)"}
+    assert set(baseline["TF-IDF+LR (train full)"]) == {"16", "64", "full"}
+    # The fixture's sentiment words are strong cues: on full texts the baseline must beat chance clearly.
+    assert baseline["TF-IDF+LR (train full)"]["full"]["accuracy"] >= 0.75
+    folder = Path(sweep.output_dir)
+    assert (folder / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (folder / "results.md").read_text()
+    assert "| accuracy | 16 | 64 | full |" in table and "±" in table and "TF-IDF+LR (train full)" in table
+    first = folder / "runs" / "alibi_seed0" / "results.json"
+    stamp = first.stat().st_mtime_ns
+    again = run_sweep(sweep)  # finished runs are reused, not retrained
+    assert first.stat().st_mtime_ns == stamp and again["summary"] == summary["summary"]
+
+
+def test_seq2seq_recipe_marks_results_as_not_pretrained_bart(assets, tmp_path):
+    recipe = load_recipe("seq2seq")
+    argv = ["--encodings", "learned", "alibi", "--tokenizer", str(assets["bert"]), "--no-warm_start"]
+    argv += ["--text_dataset", str(assets["running"]), "--d_model", "32", "--heads", "4", "--ffn_dim", "64"]
+    argv += ["--train_length", "8", "--eval_lengths", "8", "16", "--train_examples", "32", "--eval_examples", "4"]
+    argv += ["--batch_size", "8", "--output_dir", str(tmp_path / "s2s"), "--no-progress"]
+    summary = recipe.main(argv)
+    assert set(summary["summary"]) == {"learned", "alibi"}
+    for run in summary["runs"]:
+        assert "NOT pretrained BART" in run["note"]
+        assert set(run["metrics"]) == {"8", "16"}
+        assert {"loss", "token_accuracy", "exact_match"} <= set(run["metrics"]["8"])
+        assert set(run["patch_spec"]["stacks"]) == {"encoder", "decoder"}
+    assert "NOT pretrained BART" in (tmp_path / "s2s" / "results.md").read_text()
+    assert (tmp_path / "s2s" / "results.png").is_file()
+
+
+def test_seq2seq_task_from_a_local_file(assets, tmp_path):
+    from hf_posenc.seq2seq import Seq2SeqConfig, run_seq2seq
+
+    pairs = tmp_path / "pairs.csv"
+    words = [f"w{i}" for i in range(40)]
+    rows = [f'"{" ".join(words[i : i + 12])}","{" ".join(words[i : i + 3])}"' for i in range(24)]
+    pairs.write_text("document,summary\n" + "\n".join(rows) + "\n")
+    run = Seq2SeqConfig(
+        task=str(pairs),
+        tokenizer=str(assets["bert"]),
+        warm_start=False,
+        d_model=32,
+        heads=4,
+        ffn_dim=64,
+        encoding="t5",
+        train_length=8,
+        eval_lengths=[4, 12],
+        max_target_length=4,
+        train_examples=16,
+        eval_examples=4,
+        max_steps=2,
+        batch_size=4,
+        generate=False,
+        output_dir=str(tmp_path / "file"),
+        progress=False,
+    )
+    results = run_seq2seq(run)
+    assert results["pretrained_bart"] is False and set(results["metrics"]) == {"4", "12"}
+    with pytest.raises(ValueError, match="no column 'text'"):
+        run_seq2seq(Seq2SeqConfig(**{**run.to_dict(), "source_column": "text"}))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs fail clearly, before training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_lengths_past_a_learned_table_fail_before_data_or_training(assets, tmp_path):
+    def never(run, tokenizer):
+        raise AssertionError("data was loaded before the length check")
+
+    run = tiny_run(assets, tmp_path, encoding="learned", eval_lengths=[32, 128])
+    with pytest.raises(ValueError, match=r"Lengths \[128\] exceed the 64 positions.*max_length=128.*alibi"):
+        run_classification(run, get_dataloaders=never)
+    sweep = SweepConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "s"),
+            "base": run.to_dict(),
+            "variants": [{"encoding": "alibi"}, {"encoding": "learned"}],
+        }
+    )
+    with pytest.raises(ValueError, match="exceed the 64 positions"):
+        run_sweep(sweep, get_dataloaders=never)  # refused before the alibi run trains
+    assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_unknown_dataset_and_missing_columns_are_clear_errors(assets, tmp_path):
+    with pytest.raises((ValueError, FileNotFoundError), match="no_such_dataset|not found|Unknown|does not exist"):
+        run_classification(tiny_run(assets, tmp_path, dataset="no_such_dataset_xyz.csv"))
+    renamed = make_reviews_csv(tmp_path / "renamed.csv", columns=("body", "label"))
+    with pytest.raises(ValueError, match="text"):
+        run_classification(tiny_run(assets, tmp_path, dataset=str(renamed)))
+    with pytest.raises(ValueError, match="sentiment"):
+        run_classification(tiny_run(assets, tmp_path, dataset=str(assets["reviews"]), label_column="sentiment"))
+
+
+def test_labels_that_do_not_match_the_checkpoint_head_are_refused(assets, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    three = tmp_path / "three_labels"
+    AutoModelForSequenceClassification.from_pretrained(assets["bert"], num_labels=3).save_pretrained(three)
+    for name in ("vocab.txt", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
+        if (assets["bert"] / name).is_file():
+            (three / name).write_bytes((assets["bert"] / name).read_bytes())
+    with pytest.raises(ValueError, match="head has 3 labels.*dataset has 2"):
+        run_classification(tiny_run(assets, tmp_path, model=str(three)))
+
+
+def test_unknown_config_keys_are_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="Unknown config key.*learning_rat.*Valid keys"):
+        RunConfig.from_dict({"learning_rat": 1e-3})
+    with pytest.raises(ValueError, match="Unknown sweep key"):
+        SweepConfig.from_dict({"variant": []})
+    with pytest.raises(ValueError, match="Sweep kind"):
+        SweepConfig.from_dict({"kind": "regression", "variants": [{"encoding": "alibi"}]})
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted((ROOT / "recipes" / "configs").glob("*.json")):
+        sweep = SweepConfig.from_file(path)
+        assert sweep.runs(), path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Multi-process under accelerate launch
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_accelerate_launch_two_cpu_processes_gathers_every_test_example_once(assets, tmp_path):
+    out = tmp_path / "launch"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(ROOT / "recipes" / "classification.py"), "--model", str(assets["bert"]), "--encoding", "alibi"]
+    command += ["--dataset", str(assets["reviews"]), "--train_length", "16", "--eval_lengths", "16", "32"]
+    command += ["--max_steps", "2", "--batch_size", "4", "--eval_tokens_per_batch", "96"]
+    command += ["--output_dir", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["environment"]["num_processes"] == 2
+    assert results["train"]["num_processes"] == 2
+    # 16 test reviews in batches of 3 per process: gather_for_metrics must drop the padding duplicates.
+    assert all(m["n"] == results["data"]["test_examples"] == 16 for m in results["metrics"].values())
