@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import huggingface_hub
@@ -262,17 +261,18 @@ print("REPORT " + json.dumps(report))
 """
 
 
+FILES = ("expected.pt", "batch.pt")
+
+
 def test_plain_transformers_refuses_or_loads_correctly(tmp_path):
     model = patched("bert", "relative_key", "BertForSequenceClassification")
     folder = save(model, tmp_path / "checkpoint")
     batch = inputs(model)
-    torch.save(first_output(model, batch), tmp_path / "expected.pt")
-    torch.save(batch, tmp_path / "batch.pt")
+    torch.save(first_output(model, batch), tmp_path / FILES[0])
+    torch.save(batch, tmp_path / FILES[1])
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", PLAIN_TRANSFORMERS, str(folder), str(tmp_path / "expected.pt"), str(tmp_path / "batch.pt")],
-        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300,
-    )  # fmt: skip
+    command = [sys.executable, "-c", PLAIN_TRANSFORMERS, str(folder), *(str(tmp_path / f) for f in FILES)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
     line = next((x for x in done.stdout.splitlines() if "REPORT " in x), None)  # after transformers' y/N prompt
     assert line is not None, done.stderr[-3000:]
     report = json.loads(line.split("REPORT ", 1)[1])
@@ -333,7 +333,7 @@ CORRUPTIONS = {
     "missing block": (lambda c: c.pop("posenc"), "has no 'posenc' block"),
     "not a dict": (lambda c: c.update(posenc="alibi"), "must be"),
     "no stacks": (lambda c: c["posenc"].update(stacks={}), "must be"),
-    "unknown stack": (lambda c: c["posenc"]["stacks"].update(middle=c["posenc"]["stacks"]["encoder"]), "unknown stack"),
+    "unknown stack": (lambda c: c["posenc"]["stacks"].update(middle={}), "unknown stack"),
     "unknown encoding": (lambda c: c["posenc"]["stacks"]["encoder"].update(encoding="fourier"), "unknown encoding"),
     "unknown option": (lambda c: c["posenc"]["stacks"]["encoder"]["options"].update(slope=2), "unknown option"),
     "unknown field": (lambda c: c["posenc"]["stacks"]["encoder"].update(window=8), "unknown field"),
@@ -432,7 +432,7 @@ def test_model_card_parses_and_says_what_was_patched(tmp_path):
     assert data["pipeline_tag"] == "text-classification" and data["datasets"] == ["pang_lee"]
     assert {"hf_posenc", "alibi", "posenc-alibi", "bert"} <= set(data["tags"])
     assert "| encoder | `alibi` | `slope_scale=1.0` | replaced | 0 | none |" in card.text
-    assert "AutoModelForSequenceClassification.from_pretrained(\"someone/bert-alibi\")" in card.text
+    assert 'AutoModelForSequenceClassification.from_pretrained("someone/bert-alibi")' in card.text
     assert "| alibi | 0.75 ± 0.071 | 0.8 ± 0.071 |" in card.text  # mean ± sample std of 2 seeds, at 128 / 512
     assert "| accuracy | 128 (train) | 512 |" in card.text
     assert ENCODINGS["alibi"].citation in card.text and "Bo Pang and Lillian Lee" in card.text
@@ -462,11 +462,11 @@ class FakeHub:
     def __init__(self, root: Path) -> None:
         self.root, self.calls = root, []
 
-    def create_repo(self, api, repo_id, **kwargs):
+    def create_repo(self, repo_id, **kwargs):
         self.calls.append(("create_repo", repo_id, kwargs))
         return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def upload_folder(self, api, *, repo_id, folder_path, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
         self.calls.append(("upload_folder", repo_id, kwargs))
         shutil.copytree(folder_path, self.root / repo_id)
         return huggingface_hub.CommitInfo(
@@ -478,8 +478,8 @@ class FakeHub:
 @pytest.fixture
 def hub(tmp_path, monkeypatch) -> FakeHub:
     fake = FakeHub(tmp_path / "hub")
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda api, repo_id, **kw: fake.create_repo(api, repo_id, **kw))
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda api, **kw: fake.upload_folder(api, **kw))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake.create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake.upload_folder)
     return fake
 
 
@@ -508,7 +508,7 @@ def test_push_dry_run_lists_files_and_uploads_nothing(hub, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert hub.calls == [] and result.commit_url is None
     assert "Dry run: would upload" in printed and "https://huggingface.co/someone/bert-rope" in printed
-    for name, size in result.files:
+    for name, _ in result.files:
         assert name in printed
     assert dict(result.files)["config.json"] > 0
 
