@@ -180,13 +180,44 @@ def test_bart_stacks_extended_to_different_lengths(tmp_path):
     assert reloaded.get_decoder().embed_positions.num_embeddings == MAX_POSITIONS + 2
 
 
-@pytest.mark.parametrize("mode", ["recurrent", "grouped"])
-def test_mapped_positions(tmp_path, mode):
-    model = hf_posenc.patch_model(tiny_model("bert"), "learned", position_ids=mode, max_length=200)
+def test_extended_hybrid_table(tmp_path):
+    model = patched("bert", "relative_key", keep_absolute=True)
+    hf_posenc.extend_positions(model, 160)
+    assert hf_posenc.patch_spec(model)["stacks"]["encoder"]["table_init"] == "copy"
+    assert_identical(model, hf_posenc.from_pretrained(save(model, tmp_path)))
+
+
+@pytest.mark.parametrize(("model_type", "mode"), [("bert", "recurrent"), ("bert", "grouped"), ("bart", "grouped")])
+def test_mapped_positions(tmp_path, model_type, mode):
+    model = hf_posenc.patch_model(tiny_model(model_type), "learned", position_ids=mode, max_length=200)
     reloaded = hf_posenc.from_pretrained(save(model, tmp_path))
     assert_identical(model, reloaded)
     long_ids = token_ids(1, 190)
-    assert torch.equal(first_output(reloaded, {"input_ids": long_ids}), first_output(model, {"input_ids": long_ids}))
+    batch = {"input_ids": long_ids, **({"decoder_input_ids": long_ids} if model_type in SEQ2SEQ else {})}
+    assert torch.equal(first_output(reloaded, batch), first_output(model, batch))
+
+
+def test_sharded_checkpoint(tmp_path):
+    model = patched("bert", "t5", "BertForMaskedLM")
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert_identical(model, hf_posenc.from_pretrained(tmp_path))
+
+
+def test_hub_repo_id_downloads_no_code_and_no_pickles(tmp_path, monkeypatch):
+    model = patched("bert", "alibi", "BertForSequenceClassification")
+    folder = save(model, tmp_path / "snapshot")
+    requests = []
+
+    def snapshot_download(repo_id, **kwargs):  # the Hub's download endpoint, intercepted
+        requests.append((repo_id, kwargs))
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert_identical(model, hf_posenc.from_pretrained("someone/bert-alibi", revision="v1"))
+    (repo_id, kwargs), patterns = requests[0], requests[0][1]["allow_patterns"]
+    assert repo_id == "someone/bert-alibi" and kwargs["revision"] == "v1"
+    assert "*.safetensors" in patterns and not any(p.endswith((".py", ".bin")) or p == "*" for p in patterns)
 
 
 def test_tokenizer_keeps_its_limit(tmp_path):
