@@ -1,4 +1,4 @@
-"""Save, reload and publish patched models; the `patch`, `inspect` and `push` subcommands.
+"""The checkpoint format of patched models: the `posenc-<type>` model types, saving, and loading them exactly.
 
 **Checkpoint format.** `model.save_pretrained(folder)` of a patched model writes an ordinary transformers folder
 (`config.json` + `model.safetensors`) whose config differs in three ways:
@@ -14,7 +14,11 @@ hf_posenc (or raises an `ImportError` that says to install it). After `import hf
 type and load the checkpoint through `from_pretrained` below, without running any code from the checkpoint. In
 memory a patched model keeps its own `model_type` (`bert`), so code that keys on it keeps working; only the written
 config (and `config.to_dict()`) says `posenc-bert`. Importing hf_posenc wraps `to_dict` and `save_pretrained` of the
-config classes of the supported model types to do this; configs without a `posenc` block are written unchanged.
+config classes of the supported model types to do this (configs without a `posenc` block are written unchanged), and
+their `from_pretrained`, so that `BertModel.from_pretrained(folder)` of a patched checkpoint raises an error naming
+`hf_posenc.from_pretrained` instead of building the model without its encoding. (Without hf_posenc imported, such
+a direct-class load only warns: transformers logs that model type `posenc-bert` differs from `bert` and reports the
+missing and unexpected position weights. The Auto classes, which pipelines and most tools use, refuse.)
 
 **Loading** (`from_pretrained`) reads `config.json` as JSON, resolves the model class from `config.architectures`
 inside the `transformers` namespace only, builds it from the config, re-applies the recorded patch, loads the
@@ -275,10 +279,10 @@ def from_pretrained(
     dtype, device, subfolder = _loader_options(dtype, device, kwargs)
     folder = _local_folder(name_or_path, revision, token, cache_dir, local_files_only, subfolder)
     config_dict = config.to_dict() if config is not None else read_config(folder)
-    plan = load_plan(config_dict, folder)
+    plan = load_plan(config_dict)
     if plan is None:  # an ordinary transformers checkpoint
         cls = resolve_model_class(model_class or saved_architecture(config_dict), config_dict.get("model_type"))
-        options = {"config": config, "dtype": dtype}
+        options = {"config": config, "dtype": dtype, "attn_implementation": kwargs.get("attn_implementation")}
         model = cls.from_pretrained(
             folder, use_safetensors=True, **{k: v for k, v in options.items() if v is not None}
         )
@@ -359,7 +363,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_plan(config: dict[str, Any], folder: Path | None = None) -> LoadPlan | None:
+def load_plan(config: dict[str, Any]) -> LoadPlan | None:
     """How to rebuild the checkpoint with this config: a patched or a legacy one; None for an ordinary checkpoint."""
     from .legacy import legacy_plan  # legacy imports LoadPlan from here
 
@@ -388,9 +392,11 @@ def _patched_plan(config: dict[str, Any]) -> LoadPlan:
 
 def check_posenc_block(block: Any) -> dict[str, dict[str, Any]]:
     """Validate the `posenc` block of a config and return its stacks; a `ValueError` says what is wrong."""
-    how = "Re-save the model with hf_posenc (model.save_pretrained after hf_posenc.patch_model)."
+    how = "hf_posenc writes it with model.save_pretrained after hf_posenc.patch_model; was config.json edited?"
     if block is None:
-        raise ValueError(f"config.json says model_type 'posenc-*' but has no 'posenc' block. {how}")
+        raise ValueError(
+            f"config.json says model_type 'posenc-*' but has no 'posenc' block to rebuild the model. {how}"
+        )
     if not isinstance(block, dict) or not isinstance(block.get("stacks"), dict) or not block["stacks"]:
         raise ValueError(f"The 'posenc' block must be {{'version': ..., 'stacks': {{...}}}}, got {block!r}. {how}")
     _check_version(block.get("version"))
@@ -441,7 +447,8 @@ def resolve_model_class(name: str | type | None, model_type: str | None) -> type
             f"Cannot build {name!r}: hf_posenc only builds model classes of the transformers library "
             f"(e.g. {auto_targets(base_type).get('AutoModel', 'BertModel')!r}); nothing else is imported."
         )
-    expected = CONFIG_MAPPING[base_type] if base_type in CONFIG_MAPPING else None
+    # (CONFIG_MAPPING is lazy: its .get() returns None even for known types)
+    expected = CONFIG_MAPPING[base_type] if base_type in CONFIG_MAPPING else None  # noqa: SIM401
     if expected is not None and not issubclass(expected, cls.config_class):
         raise ValueError(
             f"{cls.__name__} is not a {base_type!r} model class; the checkpoint is a {base_type!r} model."

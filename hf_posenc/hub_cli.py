@@ -39,7 +39,7 @@ def inspect_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a checkpoint folder.")
     config = read_config(folder)
-    plan = load_plan(config, folder)
+    plan = load_plan(config)
     if plan is None:
         return {
             "folder": str(folder),

@@ -40,13 +40,16 @@ class RecipeResults:
         baseline: name -> eval length -> metric -> value (e.g. the TF-IDF baseline of a sweep).
         settings: the run's scalar settings (model, dataset, train_length, epochs, learning_rate, seed, ...).
         recipe: what kind of run it was ("classification", "sweep", ...).
+        seeds: the seeds of the runs read.
+        specs: variant -> the `posenc` block of the model its runs trained, where the results record it.
     """
 
     table: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
     baseline: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     recipe: str | None = None
-    specs: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[Any] = field(default_factory=list)
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def lengths(self) -> list[str]:
@@ -105,22 +108,41 @@ def _add_run(parsed: RecipeResults, run: Any) -> None:
             if isinstance(value, int | float) and not isinstance(value, bool) and name not in TIMING_KEYS:
                 slot.setdefault(name, []).append(float(value))
     parsed.settings = parsed.settings or {k: v for k, v in settings.items() if isinstance(v, str | int | float)}
+    if "seed" in settings and settings["seed"] not in parsed.seeds:
+        parsed.seeds.append(settings["seed"])
     spec = run.get("patch_spec", run.get("spec"))
     if isinstance(spec, dict):
-        parsed.specs.append(spec)
+        parsed.specs[variant] = spec
 
 
-def _check_results_match(model: nn.Module, results: RecipeResults) -> None:
-    """Results of another encoding must not be published as this model's."""
-    ours = _encodings(patch_spec(model))
-    for spec in results.specs:
-        theirs = _encodings(spec)
-        if theirs and theirs != ours:
-            raise ValueError(f"The results are for encoding(s) {theirs}, but the model is patched with {ours}.")
+def results_for(model: nn.Module, results: RecipeResults) -> RecipeResults:
+    """The variants of `results` that were trained with `model`'s patch (a sweep holds many encodings); results of
+    another encoding are never published as this model's."""
+    ours = (patch_spec(model) or {}).get("stacks") or {}
+    keep = [v for v in results.table if v not in results.specs or _same_patch(results.specs[v], ours)]
+    if results.table and not keep:
+        found = {v: _encodings(s) for v, s in results.specs.items()}
+        raise ValueError(f"The results are for encoding(s) {found}, but the model is patched with {_encodings(ours)}.")
+    table = {v: results.table[v] for v in keep}
+    return RecipeResults(table, results.baseline, results.settings, results.recipe, results.seeds, results.specs)
+
+
+def _same_patch(spec: dict[str, Any], ours: dict[str, Any]) -> bool:
+    stacks = spec.get("stacks") if isinstance(spec.get("stacks"), dict) else {}
+    for name, entry in stacks.items():
+        mine = ours.get(name) or {}
+        options = entry.get("options") or {}
+        if entry.get("encoding") != mine.get("encoding") or bool(entry.get("keep_absolute")) != bool(
+            mine.get("keep_absolute")
+        ):
+            return False
+        if any((mine.get("options") or {}).get(k) != v for k, v in options.items()):
+            return False
+    return True
 
 
 def _encodings(spec: dict[str, Any] | None) -> dict[str, str]:
-    stacks = (spec or {}).get("stacks") or {}
+    stacks = (spec or {}).get("stacks", spec) or {}
     return {name: entry.get("encoding") for name, entry in stacks.items() if isinstance(entry, dict)}
 
 
@@ -165,10 +187,10 @@ def render_model_card(
     spec = patch_spec(model)
     if spec is None:
         raise ValueError("The model is not patched by hf_posenc; there is no position-encoding card to write.")
-    parsed = results if isinstance(results, RecipeResults) else read_results(results)
-    _check_results_match(model, parsed)
+    parsed = results_for(model, results if isinstance(results, RecipeResults) else read_results(results))
     base_model = _hub_id(base_model or parsed.settings.get("model") or model.config._name_or_path)
     datasets = datasets or ([parsed.settings["dataset"]] if parsed.settings.get("dataset") else [])
+    datasets = [name for name in datasets if _is_id(name)]  # local files are described by the recipe table
     fields = {
         "metadata": _metadata(model, spec, base_model, license, datasets),
         "title": repo_id.split("/")[-1] if repo_id else f"{type(model).__name__} with {_spec_words(spec)}",
@@ -187,20 +209,26 @@ def render_model_card(
 
 
 def _hub_id(name: Any) -> str | None:
-    """A Hub model id, or None for local paths and names that are not ids."""
-    from huggingface_hub.utils import validate_repo_id
-
+    """A Hub model id, or None for local paths and names that are not ids (all-MiniLM-L6-v2 gets its namespace)."""
     from .data import MINILM_NAMES
 
-    if not isinstance(name, str) or not name or Path(name).exists():
+    if not _is_id(name):
         return None
-    if name in MINILM_NAMES:
-        return MINILM_NAMES[-1]
+    return MINILM_NAMES[-1] if name in MINILM_NAMES else name
+
+
+def _is_id(name: Any) -> bool:
+    """Whether `name` is a Hub id (or an hf_posenc dataset name) rather than a local path."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(name, str) or not name or Path(name).exists():
+        return False
     try:
         validate_repo_id(name)
-    except ValueError:
-        return None
-    return name
+    except HFValidationError:
+        return False
+    return True
 
 
 def _metadata(model, spec, base_model, license, datasets) -> str:
@@ -232,9 +260,8 @@ def _spec_words(spec) -> str:
 def _summary(model, spec, base_model) -> str:
     source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a pretrained checkpoint"
     return (
-        f"This is {source} as a `{type(model).__name__}` whose position encoding was replaced with "
-        f"[hf_posenc](https://github.com/hf-posenc/hf-posenc) {spec.get('version', __version__)}: "
-        f"{_spec_words(spec)}."
+        f"This is {source} as a `{type(model).__name__}` whose position encoding was replaced with hf_posenc "
+        f"{spec.get('version', __version__)} (`pip install hf-posenc`): {_spec_words(spec)}."
     )
 
 
@@ -280,22 +307,32 @@ def _load_snippet(model, repo_id: str) -> str:
     )
 
 
+RECIPE_SETTINGS = (
+    "model",
+    "dataset",
+    "train_length",
+    "max_length",
+    "keep_absolute",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "warmup_ratio",
+    "mlm_steps",
+    "mlm_dataset",
+    "mlm_length",
+)
+"""The settings of a run that the card's recipe table shows (hf_posenc.training.RunConfig names them so)."""
+
+
 def _recipe_section(parsed: RecipeResults) -> str:
     if not parsed.table:
         return "No recipe results were supplied with this model: it is published as patched (see above)."
-    keys = (
-        "model",
-        "dataset",
-        "train_length",
-        "eval_lengths",
-        "epochs",
-        "batch_size",
-        "learning_rate",
-        "mlm_steps",
-        "seed",
-    )
-    rows = [f"| {k} | {parsed.settings[k]} |" for k in keys if k in parsed.settings]
-    rows += [f"| {k} | {v} |" for k, v in sorted(parsed.settings.items()) if k not in keys and k != "output_dir"]
+    rows = [f"| {k} | {parsed.settings[k]} |" for k in RECIPE_SETTINGS if parsed.settings.get(k) is not None]
+    if parsed.seeds:
+        rows.append(f"| seeds | {', '.join(str(s) for s in parsed.seeds)} |")
     kind = f"Recipe: `{parsed.recipe}`.\n\n" if parsed.recipe else ""
     return kind + "| setting | value |\n|---|---|\n" + "\n".join(rows) if rows else kind.strip()
 

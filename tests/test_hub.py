@@ -60,7 +60,7 @@ def first_output(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torc
     return model(**batch)[0]
 
 
-def assert_identical(original: torch.nn.Module, reloaded: torch.nn.Module) -> None:
+def assert_identical(original: torch.nn.Module, reloaded: torch.nn.Module, batch: dict | None = None) -> None:
     """Same class, state dict, patch spec and backend; outputs with padding identical to the last bit."""
     assert type(reloaded) is type(original)
     expected, found = original.state_dict(), reloaded.state_dict()
@@ -70,7 +70,7 @@ def assert_identical(original: torch.nn.Module, reloaded: torch.nn.Module) -> No
     assert hf_posenc.patch_spec(reloaded) == hf_posenc.patch_spec(original)
     assert reloaded.config._attn_implementation == original.config._attn_implementation
     assert reloaded.config.model_type == original.config.model_type
-    batch = inputs(original)
+    batch = inputs(original) if batch is None else batch
     difference = (first_output(reloaded, batch) - first_output(original, batch)).abs().max().item()
     assert difference == 0.0
 
@@ -531,6 +531,37 @@ def test_push_uploads_a_folder_that_reloads_exactly(hub):
     assert tf.AutoTokenizer.from_pretrained(uploaded).model_max_length == 1024
     card = huggingface_hub.ModelCard.load(uploaded / "README.md")
     assert card.data.license == "apache-2.0" and "alibi" in card.data.tags
+
+
+def test_push_a_recipe_trained_model_with_its_results_file(hub, tmp_path):
+    """End to end with the real recipe: train (hf_posenc.training), push with the results.json it wrote, reload."""
+    from recipe_fixtures import make_reviews_csv, make_tiny_bert
+
+    from hf_posenc.training import RunConfig, run_classification
+
+    run = RunConfig(model=str(make_tiny_bert(tmp_path / "bert")), dataset=str(make_reviews_csv(tmp_path / "r.csv")),
+                    encoding="alibi", train_length=32, eval_lengths=[32, 64, 128], epochs=1, batch_size=8,
+                    learning_rate=1e-3, output_dir=str(tmp_path / "run"), progress=False)  # fmt: skip
+    results = run_classification(run, keep_model=True)
+    model, tokenizer = results["model"], tf.AutoTokenizer.from_pretrained(run.model)
+    hf_posenc.push_to_hub(model, "someone/tiny-alibi", tokenizer, tmp_path / "run" / "results.json", token="hf_fake")
+    uploaded = hub.root / "someone/tiny-alibi"
+    batch = dict(tokenizer(["good w1 w2 " * 30, "bad w3"], padding=True, return_tensors="pt"))
+    assert_identical(model.eval(), hf_posenc.from_pretrained(uploaded), batch)
+    card = huggingface_hub.ModelCard.load(uploaded / "README.md")
+    accuracy = [results["metrics"][n]["accuracy"] for n in ("32", "64", "128")]
+    assert "| accuracy | 32 (train) | 64 | 128 |" in card.text
+    assert f"| alibi | {accuracy[0]:.4g} | {accuracy[1]:.4g} | {accuracy[2]:.4g} |" in card.text
+    assert card.data.datasets is None and f"| dataset | {run.dataset} |" in card.text  # a local file: no Hub id
+    assert "| seeds | 0 |" in card.text
+
+
+def test_model_card_of_a_sweep_keeps_only_this_models_variants():
+    sweep = {"kind": "sweep", "runs": [run_results("alibi", 0, 0.7), run_results("rope", 0, 0.9)]}
+    card = hf_posenc.render_model_card(patched("bert", "alibi"), "a/b", sweep)
+    assert "| alibi | 0.7 | 0.75 |" in card and "| rope |" not in card
+    with pytest.raises(ValueError, match="results are for encoding"):
+        hf_posenc.render_model_card(patched("bert", "t5"), "a/b", sweep)
 
 
 def test_push_dry_run_lists_files_and_uploads_nothing(hub, capsys, monkeypatch):
