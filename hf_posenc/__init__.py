@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 from .architectures import ARCHITECTURES  # noqa: E402
 from .attention import BACKEND, register_backend  # noqa: E402
 from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding  # noqa: E402
-from .extension import extend_positions, set_max_length, update_max_seq_length  # noqa: E402
+from .extension import extend_positions, make_portable, set_max_length, update_max_seq_length  # noqa: E402
 from .hub import from_pretrained  # noqa: E402  (importing registers the posenc-<type> model types)
 from .patching import patch_model, patch_spec, plan_patch, unpatch_model  # noqa: E402
 from .publish import push_to_hub, read_results, render_model_card, save_for_hub  # noqa: E402
@@ -23,6 +23,7 @@ __all__ = [
     "PositionEncoding",
     "extend_positions",
     "from_pretrained",
+    "make_portable",
     "patch_model",
     "patch_spec",
     "plan_patch",

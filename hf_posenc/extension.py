@@ -42,6 +42,7 @@ from .patching import (
     StackPlan,
     _current_table,
     _remember_hook,
+    _remove_patch,
     grow_length_buffers,
     patch_spec,
 )
@@ -515,6 +516,30 @@ def set_max_length(
     return model
 
 
+def make_portable(model: nn.Module) -> bool:
+    """Drop `config.posenc` when `model` needs nothing from hf_posenc to load, so that `save_pretrained` writes a plain
+    transformers checkpoint that stock transformers, sentence-transformers and other tools load as it is.
+
+    That is the case after `extend_positions` on an unpatched model when every stack keeps an unmapped learned table
+    of the size `config.max_position_embeddings` builds (a patched checkpoint is otherwise written as
+    `posenc-<type>`, see `hf_posenc.hub`). The record only adds provenance (the init) then. Returns True when it
+    dropped the record, False (changing nothing) otherwise: other encodings, position maps, or BART stacks of
+    different lengths, which only hf_posenc's loader can rebuild.
+    """
+    stacks = (patch_spec(model) or {}).get("stacks") or {}
+    present = present_stacks(model)
+    if not stacks or set(stacks) != {s.name for s in present}:
+        return False
+    for stack in present:
+        entry, table = stacks[stack.name], get_submodule(model.base_model, stack.table)
+        plain = entry.get("encoding") == "learned" and not entry.get("keep_absolute") and not _is_mapped(model, stack)
+        if not (plain and isinstance(table, nn.Embedding) and _limit(model, stack) == _config_limit(model, stack)):
+            return False
+    _remove_patch(model)  # `patch_model(model, "learned", ...)` also left a (no-op) stack hook
+    delattr(model.config, CONFIG_KEY)
+    return True
+
+
 SENTENCE_TRANSFORMERS_CONFIG = "sentence_bert_config.json"
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", SENTENCE_TRANSFORMERS_CONFIG)
 
@@ -557,16 +582,12 @@ def copy_sentence_transformers_files(source: str | Path, target: str | Path) -> 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _load_checkpoint(checkpoint: str):
-    """The model with its task head (its `config.architectures` class, looked up only inside `transformers`)."""
-    import transformers
+def _load_checkpoint(checkpoint: str) -> nn.Module:
+    """The model with its task head (`config.architectures`, looked up only inside `transformers`), plain or
+    saved by hf_posenc (`hf_posenc.hub.from_pretrained` rebuilds a patch)."""
+    from .hub import from_pretrained
 
-    config = transformers.AutoConfig.from_pretrained(checkpoint)
-    names = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, names[0], None) if names else None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        cls = transformers.AutoModel
-    return cls.from_pretrained(checkpoint)
+    return from_pretrained(checkpoint)
 
 
 def _load_tokenizer(checkpoint: str):
@@ -579,13 +600,17 @@ def _load_tokenizer(checkpoint: str):
 
 
 def run_extend(args) -> int:
-    """`hf-posenc extend`: load, extend, save model + tokenizer (+ sentence-transformers files)."""
+    """`hf-posenc extend`: load, extend, save model + tokenizer (+ sentence-transformers files).
+
+    The output is a plain transformers checkpoint (see `make_portable`) unless only some of BART's stacks grew.
+    """
     source = Path(args.checkpoint)
     if not source.is_dir():
         raise FileNotFoundError(f"{source} is not a local checkpoint folder (config.json, weights, tokenizer).")
     max_length, init = check_max_length(args.max_length), check_init(args.init)
     model, tokenizer = _load_checkpoint(str(source)), _load_tokenizer(str(source))
     extend_positions(model, max_length, init=init, tokenizer=tokenizer, stacks=args.stacks)
+    portable = make_portable(model)  # an extension alone needs no hf_posenc to load: write a plain checkpoint
     model.save_pretrained(args.output)
     if tokenizer is not None:
         tokenizer.save_pretrained(args.output)
@@ -598,6 +623,9 @@ def run_extend(args) -> int:
         *(["sentence-transformers files"] if sentence_transformers else []),
     ]
     print(f"Extended {source} to {max_length} positions (init={init!r}); saved {', '.join(saved)} to {args.output}")
+    if not portable:
+        print("It keeps an hf_posenc record (other encodings, or stacks of different lengths): load it with")
+        print("hf_posenc.from_pretrained, or with the transformers Auto classes after `import hf_posenc`.")
     return 0
 
 

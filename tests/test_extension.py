@@ -168,6 +168,21 @@ def test_inputs_up_to_the_new_limit_run(arch, init):
         outputs(model, token_ids(1, NEW_LENGTH + 1))
 
 
+def test_new_rows_train_and_keep_the_dtype():
+    model = hf_posenc.extend_positions(tiny_model("bert").train(), NEW_LENGTH)
+    model(input_ids=token_ids(2, NEW_LENGTH)).last_hidden_state.pow(2).mean().backward()
+    grad = model.embeddings.position_embeddings.weight.grad
+    assert grad.shape == (NEW_LENGTH, 32) and (grad[MAX_POSITIONS:].abs().sum(-1) > 0).all()
+    half = tiny_model("bert").to(torch.bfloat16)
+    ids = token_ids(1, MAX_POSITIONS)
+    before = half(input_ids=ids).last_hidden_state
+    for init in EXTENSION_INITS:
+        grown = hf_posenc.extend_positions(tiny_model("bert").to(torch.bfloat16), NEW_LENGTH, init=init)
+        assert grown.embeddings.position_embeddings.weight.dtype == torch.bfloat16
+    hf_posenc.extend_positions(half, NEW_LENGTH)
+    assert torch.equal(half(input_ids=ids).last_hidden_state, before)
+
+
 @pytest.mark.parametrize("init", EXTENSION_INITS)
 def test_bart_cached_decoding_past_the_old_table(init):
     model = hf_posenc.extend_positions(tiny_model("bart", "BartForConditionalGeneration"), NEW_LENGTH, init=init)
@@ -216,13 +231,35 @@ def test_every_limit_follows_the_table(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "bart"])
-def test_plain_save_and_load_keeps_the_extended_model(arch, tmp_path):
-    model = hf_posenc.extend_positions(tiny_model(arch), NEW_LENGTH)
-    model.save_pretrained(tmp_path)
-    loaded = type(model).from_pretrained(tmp_path).eval()
+def test_saved_extension_reloads_exactly(arch, tmp_path):
+    model = hf_posenc.extend_positions(tiny_model(arch), NEW_LENGTH, init="sinusoidal")
     ids = token_ids(1, NEW_LENGTH)
-    assert torch.equal(outputs(loaded, ids), outputs(model, ids))
-    assert loaded.config.posenc == hf_posenc.patch_spec(model)
+    expected = outputs(model, ids)
+    model.save_pretrained(tmp_path / "recorded")  # with its posenc record: hf_posenc's loader
+    loaded = tf.AutoModel.from_pretrained(tmp_path / "recorded").eval()
+    assert torch.equal(outputs(loaded, ids), expected) and loaded.config.posenc == hf_posenc.patch_spec(model)
+    assert hf_posenc.make_portable(model) and hf_posenc.patch_spec(model) is None
+    model.save_pretrained(tmp_path / "plain")  # a plain checkpoint: the class itself loads it
+    saved = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert saved["model_type"] == arch and "posenc" not in saved and "auto_map" not in saved
+    plain = type(model).from_pretrained(tmp_path / "plain").eval()
+    assert torch.equal(outputs(plain, ids), expected)
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        dict(encoder="alibi"),
+        dict(encoder={"encoding": "learned", "position_ids": "recurrent"}, max_length=NEW_LENGTH),
+        dict(encoder="learned", decoder="learned", max_length=NEW_LENGTH),
+    ],
+)
+def test_make_portable_refuses_what_only_hf_posenc_rebuilds(patch):
+    model = hf_posenc.patch_model(tiny_model("bart"), **patch)
+    if "max_length" in patch and "decoder" in patch:
+        hf_posenc.extend_positions(model, 2 * NEW_LENGTH, stacks=["encoder"])  # BART's stacks now differ
+    spec = hf_posenc.patch_spec(model)
+    assert not hf_posenc.make_portable(model) and hf_posenc.patch_spec(model) == spec
 
 
 def test_bart_stacks_extend_on_their_own():
@@ -340,6 +377,15 @@ def test_mapped_positions_in_bart(mode):
     cached = model.generate(prompt, use_cache=True, **settings)
     assert cached.shape[1] > MAX_POSITIONS
     assert torch.equal(cached, model.generate(prompt, use_cache=False, **settings))
+
+
+@pytest.mark.parametrize("arch", ["roberta", "bart"])
+def test_copy_rows_and_recurrent_positions_are_the_same_function(arch):
+    """Tiling the table (copy) and reading it modulo T (recurrent) agree until fine-tuning moves the new rows."""
+    copied = hf_posenc.extend_positions(tiny_model(arch), NEW_LENGTH, init="copy")
+    recurrent = hf_posenc.patch_model(tiny_model(arch), "learned", position_ids="recurrent", max_length=NEW_LENGTH)
+    ids = token_ids(2, NEW_LENGTH)
+    assert torch.equal(outputs(copied, ids), outputs(recurrent, ids))
 
 
 def test_unpatching_removes_the_position_map():
@@ -476,9 +522,9 @@ def test_cli_keeps_the_task_head_and_refuses_bad_input(tmp_path, capsys):
     source, target = tmp_path / "source", tmp_path / "target"
     write_checkpoint(source, "bart", "BartForConditionalGeneration", sentence_transformers=False)
     assert cli.main(["extend", str(source), str(target), "--max-length", "100", "--init", "interpolate"]) == 0
-    loaded = tf.AutoModelForSeq2SeqLM.from_pretrained(target)
-    assert type(loaded).__name__ == "BartForConditionalGeneration"
-    assert {s["max_length"] for s in loaded.config.posenc["stacks"].values()} == {100}
+    saved = json.loads((target / "config.json").read_text())
+    assert saved["model_type"] == "bart" and "posenc" not in saved  # a plain checkpoint
+    loaded = tf.BartForConditionalGeneration.from_pretrained(target)
     assert loaded.model.decoder.embed_positions.num_embeddings == 102
     assert not (target / "sentence_bert_config.json").exists()
     assert cli.main(["extend", str(source), str(tmp_path / "other"), "--max-length", "10"]) == 2
@@ -486,16 +532,21 @@ def test_cli_keeps_the_task_head_and_refuses_bad_input(tmp_path, capsys):
     assert cli.main(["extend", str(tmp_path / "missing"), str(target), "--max-length", "100"]) == 2
 
 
-def test_one_bart_stack_extended_does_not_load_silently_wrong(tmp_path):
-    """config.max_position_embeddings holds one length for both of BART's tables: after extending one stack, plain
-    `from_pretrained` refuses the other table's shape (a loader must size each table from config.posenc)."""
+def test_one_bart_stack_extended_reloads_through_hf_posenc(tmp_path):
+    """config.max_position_embeddings holds one length for both of BART's tables: after extending one stack the
+    checkpoint keeps its record, which hf_posenc's loader uses to size each table, and plain transformers refuses."""
     source, target = tmp_path / "source", tmp_path / "target"
-    write_checkpoint(source, "bart", "BartForConditionalGeneration", sentence_transformers=False)
+    original = write_checkpoint(source, "bart", "BartForConditionalGeneration", sentence_transformers=False)
     assert cli.main(["extend", str(source), str(target), "--max-length", "100", "--stacks", "encoder"]) == 0
-    stacks = json.loads((target / "config.json").read_text())["posenc"]["stacks"]
-    assert stacks["encoder"]["max_length"] == 100 and stacks["decoder"]["max_length"] == MAX_POSITIONS
-    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
-        tf.AutoModelForSeq2SeqLM.from_pretrained(target)
+    saved = json.loads((target / "config.json").read_text())
+    assert saved["model_type"] == "posenc-bart"
+    assert saved["posenc"]["stacks"]["encoder"]["max_length"] == 100
+    assert saved["posenc"]["stacks"]["decoder"]["max_length"] == MAX_POSITIONS
+    loaded = hf_posenc.from_pretrained(target)
+    assert loaded.model.encoder.embed_positions.num_embeddings == 102
+    assert torch.equal(loaded.model.decoder.embed_positions.weight, original.model.decoder.embed_positions.weight)
+    with pytest.raises(ValueError, match="replaced by hf_posenc"):
+        tf.BartForConditionalGeneration.from_pretrained(target)
 
 
 def test_update_max_seq_length(tmp_path):
@@ -566,5 +617,6 @@ def test_minilm_cli_updates_the_sentence_transformers_folder(minilm, tmp_path):
     assert json.loads((tmp_path / "sentence_bert_config.json").read_text())["max_seq_length"] == 2048
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["model_max_length"] == 2048
     assert (tmp_path / "1_Pooling" / "config.json").is_file()
-    model = tf.AutoModel.from_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"  # plain: any tool loads it
+    model = tf.BertModel.from_pretrained(tmp_path)
     assert model.config.max_position_embeddings == 2048 and math.prod(model.embeddings.position_ids.shape) == 2048
