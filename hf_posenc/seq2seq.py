@@ -186,8 +186,8 @@ def file_or_hub_pairs(run: Seq2SeqConfig, tokenizer) -> tuple[list[tuple], list[
 
     def pairs(split, count):
         split = split.select(range(min(count, len(split))))
-        sources = tokenizer(split[run.source_column], add_special_tokens=False)["input_ids"]
-        targets = tokenizer(split[run.target_column], add_special_tokens=False)["input_ids"]
+        sources = tokenizer(list(split[run.source_column]), add_special_tokens=False)["input_ids"]
+        targets = tokenizer(list(split[run.target_column]), add_special_tokens=False)["input_ids"]
         return [(s, t[: run.max_target_length]) for s, t in zip(sources, targets)]
 
     test = next(s for s in ("test", "validation") if s in data)

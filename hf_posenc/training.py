@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import time
 import types
 from collections.abc import Callable
@@ -317,7 +318,11 @@ def make_accelerator(run: RunConfig, project_dir: str | Path | None = None):
     # these in process-wide singletons, so start each run from a clean one (the distributed PartialState is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    # Several processes and no GPU (`accelerate launch --multi_gpu --num_processes 2` on a CPU machine): Accelerate
+    # only picks its multi-CPU (gloo) mode when told `cpu=True`; otherwise each process would train alone.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return Accelerator(
+        cpu=multi_cpu,
         mixed_precision=run.mixed_precision,
         gradient_accumulation_steps=run.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=run.seed),
