@@ -48,6 +48,7 @@ class RunConfig:
     keep_absolute: bool = False
     max_length: int | None = None  # grow the learned table to this many positions (hf_posenc.extend_positions)
     label: str | None = None  # the name of this variant in tables and plots (default: derived from the encoding)
+    pooling: str = "cls"  # "cls": the checkpoint's sequence-classification head; "mean": mean-pooled linear head
     # data
     dataset: str = "pang_lee"
     text_column: str | None = None
@@ -198,6 +199,59 @@ def load_pretrained(model_class, run: RunConfig, **kwargs) -> nn.Module:
         return model_class.from_pretrained(resolve_checkpoint(run.model), **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+class MeanPoolingClassifier(nn.Module):
+    """A linear classifier on the attention-masked mean of the last hidden states, around any BERT-family encoder.
+
+    Sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained to be read by mean pooling; their [CLS]
+    pooler was not, so `pooling="mean"` learns from far fewer examples. `config` and `base_model` are the encoder's,
+    which is all that patching, MLM transfer and `patch_spec` need.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused here; unused parameters would also stall multi-process (DDP) training
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        nn.init.normal_(self.classifier.weight, std=getattr(encoder.config, "initializer_range", 0.02))
+        nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.encoder
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        logits = self.classifier(self.dropout(pooled))
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+POOLINGS = ("cls", "mean")
+
+
+def build_classifier(run: RunConfig, num_labels: int) -> nn.Module:
+    """The run's classifier, patched: the checkpoint's own `AutoModelForSequenceClassification` head ("cls") or a
+    mean-pooling linear head ("mean")."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    if run.pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {run.pooling!r}.")
+    if run.pooling == "cls":
+        return apply_encoding(load_pretrained(AutoModelForSequenceClassification, run, num_labels=num_labels), run)
+    encoder = apply_encoding(load_pretrained(AutoModel, run), run)
+    return MeanPoolingClassifier(encoder, num_labels, getattr(encoder.config, "hidden_dropout_prob", 0.1))
 
 
 def check_label_head(config, num_labels: int, class_names: list[str]) -> None:
@@ -515,7 +569,7 @@ def run_classification(
     before loading data or training, and for a checkpoint head whose labels do not match the data.
     """
     from accelerate.utils import set_seed
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from .data import resolve_checkpoint
     from .reporting import environment, write_run_results
@@ -535,8 +589,7 @@ def run_classification(
 
         adapted, mlm_results = adapt_mlm(run, tokenizer, accelerator)
     set_seed(run.seed)
-    model = load_pretrained(AutoModelForSequenceClassification, run, num_labels=len(facts["class_names"]))
-    apply_encoding(model, run)
+    model = build_classifier(run, len(facts["class_names"]))
     if adapted is not None:
         load_adapted_encoder(model, adapted)
     train_summary = fit(accelerator, model, train_loader, run, Path(run.output_dir) / "checkpoints", "classification")
