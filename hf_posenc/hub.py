@@ -146,10 +146,31 @@ def auto_map(base_type: str) -> dict[str, str]:
     return entries
 
 
+def is_portable(config: dict[str, Any]) -> bool:
+    """Whether stock transformers loads this patched config correctly: every recorded stack keeps its learned table,
+    unmapped, at the size `max_position_embeddings` builds (the identity patch, or an extension). Such checkpoints
+    keep their `model_type` and their `posenc` record (provenance), so every other tool still loads them."""
+    stacks = (config.get(CONFIG_KEY) or {}).get("stacks") or {}
+    limit = config.get("max_position_embeddings")
+    arch = ARCHITECTURES.get(base_model_type(config.get("model_type") or ""))
+    if arch and any(stack.row_offset == "padding_idx+1" for stack in arch.stacks):
+        limit = limit - (config.get("pad_token_id") or 0) - 1  # RoBERTa's table holds padding_idx + 1 extra rows
+    return bool(stacks) and all(
+        isinstance(entry, dict)
+        and entry.get("encoding") == "learned"
+        and not entry.get("keep_absolute")
+        and not (entry.get("options") or {}).get("position_ids")
+        and entry.get("max_length", limit) == limit
+        for entry in stacks.values()
+    )
+
+
 def _serialized(output: dict[str, Any]) -> dict[str, Any]:
     """A patched config's dict as it is written: `model_type` "posenc-<type>" and the loader shim's `auto_map`."""
     model_type = output.get("model_type") or ""
     if not output.get(CONFIG_KEY) or model_type.startswith(POSENC_PREFIX) or model_type not in ARCHITECTURES:
+        return output
+    if is_portable(output):
         return output
     output["model_type"] = POSENC_PREFIX + model_type
     output["auto_map"] = {**(output.get("auto_map") or {}), **auto_map(model_type)}
@@ -170,7 +191,7 @@ def _hook_config_class(config_class: type[PreTrainedConfig]) -> None:
 
     @functools.wraps(original_save)
     def save_pretrained(self, save_directory, *args, **kwargs):
-        if getattr(self, CONFIG_KEY, None):  # before the original, which may push the folder to the Hub
+        if getattr(self, CONFIG_KEY, None) and not is_portable(self.to_dict()):  # before the original (may push)
             os.makedirs(save_directory, exist_ok=True)
             shutil.copyfile(Path(__file__).with_name(LOADER_FILE), Path(save_directory) / LOADER_FILE)
         return original_save(self, save_directory, *args, **kwargs)
@@ -179,7 +200,8 @@ def _hook_config_class(config_class: type[PreTrainedConfig]) -> None:
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         loaded = original_from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
         config = loaded[0] if isinstance(loaded, tuple) else loaded
-        if getattr(config, CONFIG_KEY, None) and not cls.model_type.startswith(POSENC_PREFIX):
+        patched = getattr(config, CONFIG_KEY, None) and not is_portable(config.to_dict())
+        if patched and not cls.model_type.startswith(POSENC_PREFIX):
             raise ValueError(
                 f"{pretrained_model_name_or_path} holds a model whose position encoding was replaced by hf_posenc "
                 f"(model_type '{POSENC_PREFIX}{cls.model_type}'); {cls.__name__}.from_pretrained would rebuild it "

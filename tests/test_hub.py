@@ -172,6 +172,35 @@ def test_extended_learned_table(tmp_path, model_type):
     assert torch.equal(first_output(reloaded, {"input_ids": long_ids}), first_output(model, {"input_ids": long_ids}))
 
 
+PLAIN_LOAD = """
+import sys, torch, transformers
+model = transformers.AutoModel.from_pretrained(sys.argv[1]).eval()
+assert "hf_posenc" not in sys.modules
+ids = torch.load(sys.argv[2])
+print("DIFF", (model(input_ids=ids).last_hidden_state - torch.load(sys.argv[3])).abs().max().item())
+"""
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "distilbert"])
+def test_extension_alone_saves_a_checkpoint_stock_transformers_loads(tmp_path, model_type):
+    """An extended learned table needs nothing from hf_posenc: the checkpoint keeps its model type (and the record)."""
+    model = tiny_model(model_type)
+    hf_posenc.extend_positions(model, 160)
+    folder = save(model, tmp_path / "checkpoint")
+    written = json.loads((folder / "config.json").read_text())
+    assert written["model_type"] == model_type and written["posenc"]["stacks"]["encoder"]["max_length"] == 160
+    assert not (folder / "posenc_loader.py").exists()
+    ids = token_ids(1, 150)
+    torch.save(ids, tmp_path / "ids.pt")
+    torch.save(model(input_ids=ids).last_hidden_state, tmp_path / "expected.pt")
+    command = [sys.executable, "-c", PLAIN_LOAD, str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "expected.pt")]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert "DIFF 0.0" in done.stdout, done.stderr[-2000:]
+    assert_identical(model, hf_posenc.from_pretrained(folder))
+
+
 def test_bart_stacks_extended_to_different_lengths(tmp_path):
     model = tiny_model("bart")
     hf_posenc.extend_positions(model, 128, stacks="encoder")
