@@ -429,6 +429,11 @@ def _unpatch_stack(base: nn.Module, stack: StackSpec) -> None:
     table = get_submodule(base, stack.table)
     if isinstance(table, PositionTable) and table.original is not None:
         set_submodule(base, stack.table, table.original)
+        # A `max_length` given with the patch raised the limit; the restored table sets it again (BART's table has
+        # 2 rows more than its limit, RoBERTa's limit counts its padding rows).
+        base.config.max_position_embeddings = table.original.num_embeddings - (
+            row_offset(stack, base.config) if stack.table_call == "bart" else 0
+        )
     for module in [stack_module, *([base.get_submodule(stack.embeddings)] if stack.embeddings else [])]:
         for handle in module.__dict__.pop("_posenc_hooks", []):
             handle.remove()

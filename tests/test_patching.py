@@ -318,3 +318,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch, head, encoding):
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "bart"])
+def test_unpatch_after_max_length_restores_the_limit(arch):
+    model = tiny_model(arch)
+    limit = model.config.max_position_embeddings
+    hf_posenc.patch_model(model, "alibi", max_length=4 * MAX_POSITIONS)
+    hf_posenc.unpatch_model(model)
+    assert model.config.max_position_embeddings == limit
