@@ -1,4 +1,4 @@
-"""Publish patched models: the model card (from `model_cards/template.md` and a recipe's results) and `push_to_hub`.
+"""Publish patched models: the model card (from `hf_posenc/templates/model_card.md` and a recipe's results) and `push_to_hub`.
 
 `push_to_hub(model, repo_id, tokenizer=..., results=...)` writes the folder that `hf_posenc.from_pretrained` and
 transformers' Auto classes load (model, tokenizer, `posenc_loader.py`, README.md card) and uploads it with
@@ -150,7 +150,7 @@ def _encodings(spec: dict[str, Any] | None) -> dict[str, str]:
 # Model card
 # ---------------------------------------------------------------------------------------------------------------------
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "template.md"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 PIPELINE_TAGS = {
     "ForSequenceClassification": "text-classification",
     "ForTokenClassification": "token-classification",
@@ -173,7 +173,7 @@ def render_model_card(
     template: str | os.PathLike = TEMPLATE,
 ) -> str:
     """The model card (README.md) of a patched model: YAML metadata, what was patched, how to load it, the recipe and
-    its results table, limitations and citations, rendered from `template` (`model_cards/template.md`).
+    its results table, limitations and citations, rendered from `template` (`hf_posenc/templates/model_card.md`).
 
     Args:
         model: a model patched by hf_posenc.
@@ -182,7 +182,7 @@ def render_model_card(
         base_model: the Hub id of the checkpoint that was patched; default from the results or the model's config.
         license: the license id (e.g. "apache-2.0"), normally the base model's; omitted when unknown.
         datasets: the datasets it was trained on; default the results' dataset.
-        template: a `string.Template` with the placeholders of `model_cards/template.md`.
+        template: a `string.Template` with the placeholders of `hf_posenc/templates/model_card.md`.
     """
     spec = patch_spec(model)
     if spec is None:
