@@ -1,4 +1,4 @@
-"""Publish patched models: the model card (from `hf_posenc/templates/model_card.md` and a recipe's results) and `push_to_hub`.
+"""Publish patched models: the model card (`hf_posenc/templates/model_card.md` + recipe results) and `push_to_hub`.
 
 `push_to_hub(model, repo_id, tokenizer=..., results=...)` writes the folder that `hf_posenc.from_pretrained` and
 transformers' Auto classes load (model, tokenizer, `posenc_loader.py`, README.md card) and uploads it with
