@@ -12,6 +12,7 @@ from .extension import extend_positions, make_portable, set_max_length, update_m
 from .hub import from_pretrained  # noqa: E402  (importing registers the posenc-<type> model types)
 from .patching import patch_model, patch_spec, plan_patch, unpatch_model  # noqa: E402
 from .publish import push_to_hub, read_results, render_model_card, save_for_hub  # noqa: E402
+from .training import RunConfig, run_classification  # noqa: E402  (recipes; sweeps: hf_posenc.reporting)
 
 register_backend()
 
@@ -21,6 +22,7 @@ __all__ = [
     "BACKEND",
     "ENCODINGS",
     "PositionEncoding",
+    "RunConfig",
     "extend_positions",
     "from_pretrained",
     "make_portable",
@@ -31,6 +33,7 @@ __all__ = [
     "read_results",
     "register_encoding",
     "render_model_card",
+    "run_classification",
     "save_for_hub",
     "set_max_length",
     "unpatch_model",
