@@ -4,8 +4,9 @@ Why (issue 6): torch's CPU SDPA keeps its fused kernel only while the additive m
 (T5, Shaw) or a query-dependent one (Shaw, Huang, NEZHA) sends it to the math kernel, which keeps a (B, H, Q, K)
 tensor per layer for backward (3-5x slower, L^2 memory); NEZHA's value term needs the probabilities themselves. Here:
 
-* the forward runs on blocks of query rows: SDPA's fused kernel with the block's bias detached, or explicit attention
-  (fp32 softmax) when there is a value term, so no (B, H, Q, K) tensor outlives a block;
+* the forward runs on blocks of query rows, SDPA's fused kernel with the block's bias detached, so no (B, H, Q, K)
+  tensor outlives a block; a value term clipped at a maximum distance (NEZHA) keeps the fused kernel too (two
+  indicator columns appended to the values give the probability mass outside the band, the band is explicit);
 * only query, key, value, the output and the encoding's small inputs are kept for backward;
 * the backward recomputes each block's probabilities (as FlashAttention does, Dao et al. 2022), forms
   `dS = P * (dP - rowsum(dO * O))` and asks autograd for the position terms' own gradients, block by block.
@@ -20,8 +21,27 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK_ELEMENTS = 2**21
-"""Target size (elements) of one block's (B, H, rows, K) score tensor: 8 MiB in fp32, a few of them live at once."""
+FORWARD_BLOCK_ELEMENTS = 2**22
+"""Target size (elements) of one forward block's (B, H, rows, K) bias: 16 MiB in fp32. Fewer, larger blocks keep the
+fused kernel efficient; staying under glibc's 32 MiB mmap threshold lets the allocator reuse the memory instead of
+faulting fresh pages in for every block."""
+BACKWARD_BLOCK_ELEMENTS = 2**21
+"""The same for backward, where a few (B, H, rows, K) fp32 tensors (scores, probabilities, their gradients) coexist."""
+
+
+@dataclass
+class BandedValue:
+    """A value term whose vector is one constant for the keys before a band of columns and another after it (a
+    relative encoding clipped at a maximum distance, as NEZHA). The forward then keeps the fused kernel.
+
+    Attributes:
+        columns: `columns(rows) -> (lo, hi)`, the band of key columns of a block of query rows.
+        term: `term(rows, band_probs, outside, *state) -> (B, H, r, D)`, the value term from the band's probabilities
+            (B, H, r, hi - lo) and the mass before and after the band, `outside` (B, H, r, 2).
+    """
+
+    columns: Callable[[slice], tuple[int, int]]
+    term: Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -37,6 +57,7 @@ class RowTerms:
             scaled scores, or None.
         value: `value(rows, probs, *state) -> (B, H, len(rows), D)`, a term added to the output that needs the
             attention probabilities `probs` (B, H, len(rows), K) (Shaw's and NEZHA's value term), or None.
+        banded_value: the same value term in banded form (see `BandedValue`), for the fused forward, or None.
         forward_bias: an already computed bias for all rows that needs no gradient (a table shared by the layers of
             one forward pass); used instead of `bias` when nothing is differentiated, and sliced by the forward blocks.
     """
@@ -45,6 +66,7 @@ class RowTerms:
     prepare: Callable[..., tuple[torch.Tensor, ...]] | None = None
     bias: Callable[..., torch.Tensor] | None = None
     value: Callable[..., torch.Tensor] | None = None
+    banded_value: BandedValue | None = None
     forward_bias: torch.Tensor | None = None
 
     def state(self, query: torch.Tensor, key: torch.Tensor, inputs: Sequence[torch.Tensor]) -> tuple:
@@ -60,17 +82,18 @@ class _Call:
     causal: bool
     scale: float
     dropout: float
-    rows_per_block: int
+    shape: tuple[int, int, int, int]  # batch, heads, q_len, k_len
 
-    def blocks(self, q_len: int) -> list[slice]:
-        return [
-            slice(start, min(start + self.rows_per_block, q_len)) for start in range(0, q_len, self.rows_per_block)
-        ]
+    def blocks(self, elements: int) -> list[slice]:
+        """Consecutive blocks of query rows whose (B, H, rows, K) tensors have about `elements` elements."""
+        batch, heads, q_len, k_len = self.shape
+        rows = rows_per_block(batch * heads * k_len, elements)
+        return [slice(start, min(start + rows, q_len)) for start in range(0, q_len, rows)]
 
 
-def rows_per_block(batch: int, heads: int, k_len: int) -> int:
-    """A power of two (at least 16) such that a block's score tensor has about `BLOCK_ELEMENTS` elements."""
-    rows = max(BLOCK_ELEMENTS // max(batch * heads * k_len, 1), 16)
+def rows_per_block(row_elements: int, elements: int) -> int:
+    """A power of two, at least 16, such that that many rows of `row_elements` elements make about `elements`."""
+    rows = max(elements // max(row_elements, 1), 16)
     return 1 << (rows.bit_length() - 1)
 
 
@@ -89,14 +112,14 @@ def blockwise_attention(
     Differentiable in `query`, `key`, `value` and `terms.inputs`. With dropout in a differentiated call, the terms
     are materialized for all rows and autograd keeps them (recomputation would need the dropout mask replayed).
     """
-    call = _Call(terms, attention_mask, causal, scale, dropout, rows_per_block(*query.shape[:2], key.shape[-2]))
+    call = _Call(terms, attention_mask, causal, scale, dropout, (*query.shape[:3], key.shape[-2]))
     differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *terms.inputs))
     if not differentiated:
         with torch.no_grad():
             return _forward(call, query, key, value, terms.state(query, key, terms.inputs), use_forward_bias=True)
-    if dropout > 0.0:
-        call.rows_per_block = query.shape[-2]
-        return _forward(call, query, key, value, terms.state(query, key, terms.inputs), use_forward_bias=False)
+    if dropout > 0.0:  # one block, differentiated by autograd through the explicit math
+        state, blocks = terms.state(query, key, terms.inputs), [slice(0, query.shape[-2])]
+        return _forward(call, query, key, value, state, use_forward_bias=False, blocks=blocks)
     return _Blockwise.apply(call, query, key, value, *terms.inputs)
 
 
@@ -105,20 +128,53 @@ def blockwise_attention(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _forward(call: _Call, query, key, value, state: tuple, use_forward_bias: bool) -> torch.Tensor:
-    outputs = []
-    for rows in call.blocks(query.shape[-2]):
-        bias = _bias_rows(call, rows, query[..., rows, :], state, use_forward_bias)
+def _forward(call: _Call, query, key, value, state: tuple, use_forward_bias: bool, blocks=None) -> torch.Tensor:
+    terms, outputs = call.terms, []
+    banded = _BandedForward(key, value) if terms.value is not None and _fused_banded(call) else None
+    for rows in blocks or call.blocks(FORWARD_BLOCK_ELEMENTS):
+        query_rows = query[..., rows, :]
+        bias = _bias_rows(call, rows, query_rows, state, use_forward_bias)
         mask = _block_mask(call, rows, query.shape[-2], key.shape[-2], key.device)
-        if call.terms.value is None:
-            merged = _merge(bias, mask, query.dtype)
-            outputs.append(_sdpa(query[..., rows, :], key, value, merged, call.dropout, call.scale))
+        if terms.value is None:
+            outputs.append(_sdpa(query_rows, key, value, _merge(bias, mask, query.dtype), call.dropout, call.scale))
+        elif banded is not None:
+            outputs.append(banded(call, rows, query_rows, _merge(bias, mask, query.dtype), state))
         else:
-            probs = _probabilities(query[..., rows, :], key, bias, mask, call.scale)
+            probs = _probabilities(query_rows, key, bias, mask, call.scale)
             probs = torch.nn.functional.dropout(probs, call.dropout) if call.dropout > 0 else probs
-            output = torch.matmul(probs, value.float()) + call.terms.value(rows, probs, *state)
+            output = torch.matmul(probs, value.float()) + terms.value(rows, probs, *state)
             outputs.append(output.to(query.dtype))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
+
+
+def _fused_banded(call: _Call) -> bool:
+    return call.terms.banded_value is not None and call.dropout == 0.0 and not torch.is_grad_enabled()
+
+
+class _BandedForward:
+    """The fused forward of a banded value term: SDPA over values with two indicator columns appended (keys before the
+    block's band, keys after it), which give each row's probability mass outside the band; the band's probabilities
+    are the softmax over the band's scores times the band's mass (1 minus the rest)."""
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        # The fused kernel wants one head size for query, key and value: pad query and key with zeros.
+        self.key, self.head_dim = key, value.shape[-1]
+        self.padded_key = torch.nn.functional.pad(key, (0, 2))
+        self.values = torch.nn.functional.pad(value, (0, 2))
+        self.columns = torch.arange(key.shape[-2], device=key.device)
+
+    def __call__(self, call: _Call, rows: slice, query_rows, merged, state: tuple) -> torch.Tensor:
+        lo, hi = call.terms.banded_value.columns(rows)
+        self.values[..., -2] = self.columns < lo
+        self.values[..., -1] = self.columns >= hi
+        padded = torch.nn.functional.pad(query_rows, (0, 2))
+        output = _sdpa(padded, self.padded_key, self.values, merged, 0.0, call.scale)
+        outside = output[..., self.head_dim :].float()
+        band_merged = None if merged is None else merged[..., lo:hi]
+        scores = _scores(query_rows, self.key[..., lo:hi, :], band_merged, call.scale)
+        band_probs = torch.softmax(scores, dim=-1) * (1.0 - outside.sum(-1, keepdim=True)).clamp(min=0.0)
+        term = call.terms.banded_value.term(rows, band_probs, outside, *state)
+        return (output[..., : self.head_dim].float() + term).to(query_rows.dtype)
 
 
 def _bias_rows(call: _Call, rows: slice, query_rows, state: tuple, use_forward_bias: bool) -> torch.Tensor | None:
@@ -159,16 +215,22 @@ def _merge(bias: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dt
     return bias + mask.to(dtype)
 
 
-def _probabilities(query_rows, key, bias, mask, scale: float) -> torch.Tensor:
-    """Softmax of one block's scores, in fp32 whatever the input dtype."""
+def _scores(query_rows, key, additive, scale: float) -> torch.Tensor:
+    """One block's scaled scores in fp32 whatever the input dtype, plus an additive (float) or boolean mask."""
     scores = torch.matmul(query_rows.float(), key.float().transpose(-1, -2)) * scale
-    if bias is not None:
-        scores = scores + bias.float()
-    if mask is not None:
-        scores = (
-            scores.masked_fill(~mask, torch.finfo(torch.float32).min) if mask.dtype == torch.bool else scores + mask
-        )
-    return torch.softmax(scores, dim=-1)
+    return scores if additive is None else _masked(scores, additive)
+
+
+def _masked(scores: torch.Tensor, additive: torch.Tensor) -> torch.Tensor:
+    if additive.dtype == torch.bool:
+        return scores.masked_fill(~additive, torch.finfo(torch.float32).min)
+    return scores + additive.float()
+
+
+def _probabilities(query_rows, key, bias, mask, scale: float) -> torch.Tensor:
+    """Softmax of one block's scores with its bias and mask, in fp32."""
+    scores = _scores(query_rows, key, bias, scale)
+    return torch.softmax(scores if mask is None else _masked(scores, mask), dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -191,7 +253,7 @@ class _Blockwise(torch.autograd.Function):
         grads = _Gradients(ctx.call, query, key, value, inputs, ctx.needs_input_grad[1:])
         # rowsum(dO * O) over the full output (value term included) is the softmax backward's correction term.
         delta = (grad_output.float() * output.float()).sum(-1, keepdim=True)
-        for rows in ctx.call.blocks(query.shape[-2]):
+        for rows in ctx.call.blocks(BACKWARD_BLOCK_ELEMENTS):
             grads.block(rows, grad_output[..., rows, :].float(), delta[..., rows, :])
         return None, *grads.finish()
 

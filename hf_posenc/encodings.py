@@ -18,12 +18,13 @@ import inspect
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .blockwise import RowTerms
+from .blockwise import BandedValue, RowTerms
 
 ENCODINGS: dict[str, type[PositionEncoding]] = {}
 """Canonical encoding name -> class. Filled by `register_encoding`."""
@@ -88,12 +89,13 @@ class Positions:
 
     query: torch.Tensor
     key: torch.Tensor
+    offset: int | None = None  # default positions: query row i is at position offset + i, key column j at j
 
     @classmethod
     def default(cls, q_len: int, k_len: int, device: torch.device) -> Positions:
         """Keys are `0..k_len-1` and queries the last `q_len` of them, which is right for cached decoding."""
         key = torch.arange(k_len, device=device)
-        return cls(query=key[k_len - q_len :], key=key)
+        return cls(query=key[k_len - q_len :], key=key, offset=k_len - q_len)
 
     def relative(self) -> torch.Tensor:
         """Signed distances `query - key`, shape (Q, K) or (B, Q, K)."""
@@ -359,6 +361,80 @@ def _gather_key_distances(scores: torch.Tensor, index: torch.Tensor) -> torch.Te
 # in fp32 whatever the model's dtype (the backend casts the bias once, for the kernel).
 
 
+def _window_distance_bias(rows: slice, query_rows, table: torch.Tensor, *, max_distance: int, k_len: int, offset: int):
+    """`q_i . table[clip(i - j, -k, k) + k]` scaled by 1/sqrt(D), for default positions, without an index tensor.
+
+    Keys farther than k from every query of the block see a clipped, constant vector: their columns are one score
+    per row. The columns in between come from the scores of the block's r + w - 1 distinct distances, shifted into
+    place by `skew` (the relative-to-absolute trick of Huang et al. 2018, Music Transformer): one (r, r + w - 1)
+    matmul and a strided copy instead of an (r, R) matmul and an (r, K) gather.
+    """
+    lo, hi, distance_rows = _distance_window(rows, k_len, offset, max_distance, table.device)
+    query_rows, table = query_rows.float() * query_rows.shape[-1] ** -0.5, table.float()
+    scores = torch.matmul(query_rows, table[distance_rows].T)  # (B, H, r, r + w - 1)
+    far = torch.matmul(query_rows, table[[2 * max_distance, 0]].T)  # keys far before (i - j > k) / after the block
+    rows_shape = scores.shape[:-1]
+    parts = [far[..., :1].expand(*rows_shape, lo), skew(scores, hi - lo), far[..., 1:].expand(*rows_shape, k_len - hi)]
+    return torch.cat(parts, dim=-1)
+
+
+def _window_value_term(rows: slice, probs, table: torch.Tensor, *, max_distance: int, k_len: int, offset: int):
+    """`sum_j p_ij table[clip(i - j, -k, k) + k]` for default positions, from the full probabilities (B, H, r, K)."""
+    lo, hi = _band_columns(rows, k_len=k_len, offset=offset, max_distance=max_distance)
+    outside = torch.stack((probs[..., :lo].sum(-1), probs[..., hi:].sum(-1)), dim=-1)
+    window = {"max_distance": max_distance, "k_len": k_len, "offset": offset}
+    return _banded_value_term(rows, probs[..., lo:hi], outside, table, **window)
+
+
+def _banded_value_term(rows: slice, band_probs, outside, table, *, max_distance: int, k_len: int, offset: int):
+    """The value term from the band's probabilities and the mass before / after the band (see `BandedValue`): the
+    adjoint of `_window_distance_bias`, probabilities summed per distance by `unskew`, then one matmul with the
+    vectors of the distances."""
+    lo, hi, distance_rows = _distance_window(rows, k_len, offset, max_distance, table.device)
+    table = table.float()
+    output = torch.matmul(unskew(band_probs, len(distance_rows)), table[distance_rows])  # (r, r + w - 1) @ (., D)
+    return output + outside[..., :1] * table[2 * max_distance] + outside[..., 1:] * table[0]
+
+
+def _band_columns(rows: slice, *, max_distance: int, k_len: int, offset: int) -> tuple[int, int]:
+    lo, hi, _ = _distance_window(rows, k_len, offset, max_distance, None, distances=False)
+    return lo, hi
+
+
+def _distance_window(rows: slice, k_len: int, offset: int, k: int, device, distances: bool = True):
+    """Columns [lo, hi) where some query of the block is within k of the key, and the table row of each distinct
+    distance `i - j` there, from the largest (last query, column lo) to the smallest (first query, column hi - 1)."""
+    first, last = offset + rows.start, offset + rows.stop - 1  # positions of the block's first and last query
+    lo = min(max(first - k, 0), k_len)
+    hi = max(min(last + k + 1, k_len), lo)
+    if not distances:
+        return lo, hi, None
+    return lo, hi, torch.arange(last - lo, first - hi, -1, device=device).clamp(-k, k) + k
+
+
+def skew(scores: torch.Tensor, width: int) -> torch.Tensor:
+    """(..., r, r + w - 1) scores per distance (descending) -> (..., r, w) with `out[i, j] = scores[i, r - 1 - i + j]`.
+
+    A view: row i of the result starts r - 1 - i elements into row i of `scores`, so the flat data read with a row
+    stride of (r + w - 2) lines every row up.
+    """
+    r, total = scores.shape[-2:]
+    if r == 1 or width == 0:
+        return scores[..., :width]
+    flat = scores.reshape(*scores.shape[:-2], r * total)
+    return flat[..., r - 1 : r - 1 + r * (total - 1)].unflatten(-1, (r, total - 1))[..., :width]
+
+
+def unskew(values: torch.Tensor, total: int) -> torch.Tensor:
+    """The adjoint of `skew`: (..., r, w) -> (..., r, total) with `out[i, r - 1 - i + j] = values[i, j]`, zeros
+    elsewhere (pad every row to total - 1, flatten, shift by r - 1)."""
+    r, width = values.shape[-2:]
+    if r == 1:
+        return torch.nn.functional.pad(values, (0, total - width))
+    padded = torch.nn.functional.pad(values, (0, total - 1 - width)).flatten(-2)
+    return torch.nn.functional.pad(padded, (r - 1, 1)).unflatten(-1, (r, total))
+
+
 def _query_distance_bias(rows: slice, query_rows: torch.Tensor, table: torch.Tensor, index: torch.Tensor):
     """`q_i . table[index[i, j]]` scaled by 1/sqrt(D): (B, H, r, R) scores per distance, then gathered to (r, K)."""
     per_distance = torch.matmul(query_rows.float(), table.float().T)
@@ -370,9 +446,20 @@ def _key_distance_scores(query, key, table: torch.Tensor, index: torch.Tensor) -
     return table, index, torch.matmul(key.float(), table.float().T)
 
 
-def _query_key_distance_bias(rows: slice, query_rows, table, index, key_scores) -> torch.Tensor:
+def _query_key_distance_bias(
+    rows: slice, query_rows, table, index, key_scores, *, window: dict | None
+) -> torch.Tensor:
     key_term = _gather_key_distances(key_scores, index[..., rows, :]) * query_rows.shape[-1] ** -0.5
+    if window is not None:
+        return _window_distance_bias(rows, query_rows, table, **window) + key_term
     return _query_distance_bias(rows, query_rows, table, index) + key_term
+
+
+def _window(positions: Positions, key: torch.Tensor, max_distance: int) -> dict[str, int] | None:
+    """The static arguments of the window forms for default positions; None for explicit positions (gather forms)."""
+    if positions.offset is None:
+        return None
+    return {"max_distance": max_distance, "k_len": key.shape[-2], "offset": positions.offset}
 
 
 def _distance_value_term(rows: slice, probs: torch.Tensor, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -426,9 +513,13 @@ class ShawRelativeKey(RelativeEncoding):
         _init_table(self.distance_embedding.weight, "normal" if init == "auto" else init, self.dims.initializer_range)
 
     def attend(self, query, key, positions, context):
+        table, window = self.distance_embedding.weight, _window(positions, key, self.max_distance)
+        if window is not None:
+            return AttentionTerms(
+                query, key, rows=RowTerms(inputs=(table,), bias=partial(_window_distance_bias, **window))
+            )
         index = _clipped_index(positions, self.max_distance, context)
-        rows = RowTerms(inputs=(self.distance_embedding.weight, index), bias=_query_distance_bias)
-        return AttentionTerms(query, key, rows=rows)
+        return AttentionTerms(query, key, rows=RowTerms(inputs=(table, index), bias=_query_distance_bias))
 
 
 @register_encoding("relative_key_query")
@@ -445,7 +536,7 @@ class HuangRelativeKeyQuery(ShawRelativeKey):
         rows = RowTerms(
             inputs=(self.distance_embedding.weight, index),
             prepare=_key_distance_scores,
-            bias=_query_key_distance_bias,
+            bias=partial(_query_key_distance_bias, window=_window(positions, key, self.max_distance)),
         )
         return AttentionTerms(query, key, rows=rows)
 
@@ -479,8 +570,14 @@ class NezhaFunctionalRelative(RelativeEncoding):
         return {"table": sinusoid_table(torch.arange(2 * self.max_distance + 1), self.dims.head_dim)}
 
     def attend(self, query, key, positions, context):
-        # NEZHA indexes by j - i, the opposite sign of BERT's relative_key: flip the index.
-        k = self.max_distance
+        # NEZHA indexes by j - i, the opposite sign of BERT's relative_key: flip the table (or the index).
+        k, window = self.max_distance, _window(positions, key, self.max_distance)
+        if window is not None:
+            flipped = self.table.flip(0)
+            bias, value = partial(_window_distance_bias, **window), partial(_window_value_term, **window)
+            banded = BandedValue(partial(_band_columns, **window), partial(_banded_value_term, **window))
+            rows = RowTerms(inputs=(flipped,), bias=bias, value=value, banded_value=banded)
+            return AttentionTerms(query, key, rows=rows)
         index = context.memo(
             ("nezha_index", k, positions_key(positions)), lambda: 2 * k - _clipped_index(positions, k, context)
         )
@@ -540,24 +637,88 @@ class T5RelativeBias(RelativeEncoding):
             self.relative_attention_bias.weight, "normal" if init == "auto" else init, self.dims.initializer_range
         )
 
-    def _buckets(self, positions: Positions) -> torch.Tensor:
-        relative = -positions.relative()  # key - query, T5's convention
-        return t5_relative_buckets(relative, not self.dims.causal, self.num_buckets, self.max_distance)
+    def _buckets(self, relative: torch.Tensor) -> torch.Tensor:
+        """The bucket of each signed distance `i - j` (T5's convention is key - query, hence the minus)."""
+        return t5_relative_buckets(-relative, not self.dims.causal, self.num_buckets, self.max_distance)
 
     def _bias(self, positions: Positions, dtype: torch.dtype) -> torch.Tensor:
-        return _heads_first(self.relative_attention_bias(self._buckets(positions))).to(dtype)
+        """The whole (1 | B, H, Q, K) bias, contiguous (the fused kernel would copy a strided one in every layer)."""
+        if positions.offset is None:
+            return _heads_first(self.relative_attention_bias(self._buckets(positions.relative()))).to(dtype)
+        q_len, k_len = positions.query.shape[-1], positions.key.shape[-1]
+        distances = _descending_distances(q_len, k_len, positions.offset, positions.key.device)
+        per_distance = self.relative_attention_bias(self._buckets(distances)).T  # (H, Q + K - 1), one per distance
+        return toeplitz_rows(per_distance, slice(0, q_len), q_len, k_len).unsqueeze(0).to(dtype).contiguous()
 
     def attend(self, query, key, positions, context):
-        # The whole-stack bias is computed once per forward without gradients (the backend uses it when nothing is
-        # differentiated, and for the forward blocks otherwise); gradients come from `_bucket_bias`, block by block.
-        with torch.no_grad():
-            bias = context.memo(
-                ("t5", positions_key(positions), query.dtype), lambda: self._bias(positions, query.dtype)
-            )
-        buckets = context.memo(("t5_buckets", positions_key(positions)), lambda: self._buckets(positions))
+        # The whole bias is computed once per forward pass and without gradients (kept across passes while the lengths
+        # and the weights stay the same): the backend uses it when nothing is differentiated, and for the forward
+        # blocks otherwise. Gradients come from `bias` rows recomputed block by block in backward.
         weight = self.relative_attention_bias.weight
-        rows = RowTerms(inputs=(weight, buckets), bias=_bucket_bias, forward_bias=bias)
-        return AttentionTerms(query, key, bias=bias, shared_bias=True, rows=rows)
+        with torch.no_grad():
+            if positions.offset is None:
+                memo_key = ("t5", positions_key(positions), query.dtype)
+                bias = context.memo(memo_key, lambda: self._bias(positions, query.dtype))
+            else:
+                cache_key = (*_default_key(positions, query), id(weight), weight._version)
+                bias = _cached(self, cache_key, lambda: self._bias(positions, query.dtype))
+        return AttentionTerms(
+            query, key, bias=bias, shared_bias=True, rows=self._rows(weight, positions, bias, context)
+        )
+
+    def _rows(self, weight, positions: Positions, bias: torch.Tensor, context: PositionContext) -> RowTerms:
+        if positions.offset is None:
+            buckets = context.memo(
+                ("t5_buckets", positions_key(positions)), lambda: self._buckets(positions.relative())
+            )
+            return RowTerms(inputs=(weight, buckets), bias=_bucket_bias, forward_bias=bias)
+        q_len, k_len = positions.query.shape[-1], positions.key.shape[-1]
+        distances = _descending_distances(q_len, k_len, positions.offset, positions.key.device)
+        buckets = context.memo(
+            ("t5_distance_buckets", q_len, k_len, positions.offset), lambda: self._buckets(distances)
+        )
+        toeplitz = partial(_toeplitz_bias, q_len=q_len, k_len=k_len)
+        return RowTerms(inputs=(weight, buckets), prepare=_bucket_values, bias=toeplitz, forward_bias=bias)
+
+
+def _descending_distances(q_len: int, k_len: int, offset: int, device) -> torch.Tensor:
+    """Every distance `i - j` of default positions, from the largest (last query, first key) to the smallest."""
+    return torch.arange(offset + q_len - 1, offset - k_len, -1, device=device)
+
+
+def toeplitz_rows(per_distance: torch.Tensor, rows: slice, q_len: int, k_len: int) -> torch.Tensor:
+    """Rows of a matrix that depends on `i - j` only: `out[..., i, j] = per_distance[..., q_len - 1 - i + j]` for the
+    query rows `rows`, from values per distance in descending order (Q + K - 1 of them). Every row is a contiguous
+    window of `per_distance` (`unfold`), taken in reverse order; the result is contiguous."""
+    start = q_len - rows.stop
+    windows = per_distance[..., start : start + (rows.stop - rows.start) + k_len - 1].unfold(-1, k_len, 1)
+    return windows.flip(-2)
+
+
+def _bucket_values(query, key, weight: torch.Tensor, buckets: torch.Tensor) -> tuple[torch.Tensor]:
+    """Once per call: T5's learned scalar of every distance, (H, Q + K - 1), in fp32."""
+    return (torch.nn.functional.embedding(buckets, weight.float()).T,)
+
+
+def _toeplitz_bias(rows: slice, query_rows, per_distance: torch.Tensor, *, q_len: int, k_len: int) -> torch.Tensor:
+    return toeplitz_rows(per_distance, rows, q_len, k_len).unsqueeze(0)
+
+
+def _default_key(positions: Positions, query: torch.Tensor) -> tuple:
+    return (positions.query.shape[-1], positions.key.shape[-1], positions.offset, query.dtype, query.device)
+
+
+def _cached(module: nn.Module, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A bias kept on `module` across forward passes (the last key only): it depends only on the lengths, the dtype
+    and, through the key, on the version of the parameters it is computed from. Recomputing an (H, L, L) bias costs
+    about as much as a layer at L = 2048 (issue 6); keeping it costs its memory between passes."""
+    cached = module.__dict__.get("_bias_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    module.__dict__["_bias_cache"] = None  # free the old one before computing the new one
+    value = compute()
+    module.__dict__["_bias_cache"] = (key, value)
+    return value
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -592,14 +753,20 @@ class ALiBi(RelativeEncoding):
         return {"slopes": alibi_slopes(self.dims.num_heads) * self.slope_scale}
 
     def _bias(self, positions: Positions, dtype: torch.dtype) -> torch.Tensor:
-        distance = positions.relative().abs().to(torch.float32)  # (Q, K) or (B, Q, K)
+        if positions.offset is None:
+            distance = positions.relative().abs().to(torch.float32)  # (Q, K) or (B, Q, K)
+        else:  # default positions: straight from float aranges, one (Q, K) pass fewer
+            query = positions.query.to(torch.float32)
+            distance = (query.unsqueeze(-1) - positions.key.to(torch.float32)).abs_()
         distance = distance.unsqueeze(0) if distance.dim() == 2 else distance
-        return (-self.slopes.view(1, -1, 1, 1) * distance.unsqueeze(1)).to(dtype)
+        return torch.mul(distance.unsqueeze(1), -self.slopes.view(1, -1, 1, 1)).to(dtype)
 
     def attend(self, query, key, positions, context):
-        bias = context.memo(
-            ("alibi", positions_key(positions), query.dtype), lambda: self._bias(positions, query.dtype)
-        )
+        if positions.offset is None:
+            memo_key = ("alibi", positions_key(positions), query.dtype)
+            bias = context.memo(memo_key, lambda: self._bias(positions, query.dtype))
+        else:  # a constant of the lengths: kept across forward passes
+            bias = _cached(self, _default_key(positions, query), lambda: self._bias(positions, query.dtype))
         return AttentionTerms(query, key, bias=bias, shared_bias=True)
 
 

@@ -33,7 +33,8 @@ accumulates in fp32, the reference runs in fp32 on the same rounded inputs, so e
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
     """Blocks of 16 query rows: lengths 37 and 130 span 3 and 9 blocks."""
-    monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(blockwise, "FORWARD_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(blockwise, "BACKWARD_BLOCK_ELEMENTS", 1)
 
 
 def relative_vectors(name, encoding, rel):
