@@ -66,6 +66,7 @@ class RunConfig:
     max_steps: int | None = None
     batch_size: int = 16
     learning_rate: float = 5e-5
+    head_learning_rate: float | None = None  # the new task head's learning rate (default: learning_rate)
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     gradient_accumulation_steps: int = 1
@@ -385,16 +386,47 @@ def make_accelerator(run: RunConfig, project_dir: str | Path | None = None):
     )
 
 
-def make_optimizer(model: nn.Module, learning_rate: float, weight_decay: float, total_steps: int, warmup_ratio: float):
-    """AdamW without decay on biases and norms, and a linear schedule with warm-up."""
+def make_optimizer(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_ratio: float,
+    head_learning_rate: float | None = None,
+):
+    """AdamW without decay on biases and norms, and a linear schedule with warm-up.
+
+    `head_learning_rate` applies to the parameters outside `model.base_model` (a new task head): a randomly
+    initialized linear head moves only about `learning_rate` per coordinate and step under Adam, far too slowly for
+    a budget of tens of steps at the encoder's learning rate.
+    """
     from transformers import get_linear_schedule_with_warmup
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and "LayerNorm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim <= 1 or "LayerNorm" in n)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
+    base = {id(p) for p in model.base_model.parameters()} if head_learning_rate else None
+    groups = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        decays = parameter.ndim > 1 and "LayerNorm" not in name
+        in_head = base is not None and id(parameter) not in base
+        groups.append(
+            {
+                "params": [parameter],
+                "weight_decay": weight_decay if decays else 0.0,
+                "lr": head_learning_rate if in_head else learning_rate,
+            }
+        )
+    optimizer = torch.optim.AdamW(_merge_groups(groups), lr=learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     return optimizer, scheduler
+
+
+def _merge_groups(groups: list[dict]) -> list[dict]:
+    merged: dict[tuple, dict] = {}
+    for group in groups:
+        key = (group["weight_decay"], group["lr"])
+        merged.setdefault(key, {**group, "params": []})["params"] += group["params"]
+    return list(merged.values())
 
 
 @dataclass
@@ -592,7 +624,15 @@ def run_classification(
     model = build_classifier(run, len(facts["class_names"]))
     if adapted is not None:
         load_adapted_encoder(model, adapted)
-    train_summary = fit(accelerator, model, train_loader, run, Path(run.output_dir) / "checkpoints", "classification")
+    train_summary = fit(
+        accelerator,
+        model,
+        train_loader,
+        run,
+        Path(run.output_dir) / "checkpoints",
+        "classification",
+        head_learning_rate=run.head_learning_rate,
+    )
     results = {"kind": "classification", "config": run.to_dict(), "variant": run.variant, "data": facts}
     results.update(patch_spec=patch_spec(model), train=train_summary, mlm=mlm_results)
     if not train_summary["stopped_early"]:
@@ -614,7 +654,8 @@ def fit(accelerator, model, loader, run: RunConfig, checkpoint_dir: Path, descri
     lr = overrides.get("learning_rate", run.learning_rate)
     per_epoch = steps_per_epoch(loader, run.gradient_accumulation_steps)
     total = overrides.get("max_steps") or run.max_steps or run.epochs * per_epoch
-    optimizer, scheduler = make_optimizer(model, lr, run.weight_decay, total, run.warmup_ratio)
+    head_lr = overrides.get("head_learning_rate")
+    optimizer, scheduler = make_optimizer(model, lr, run.weight_decay, total, run.warmup_ratio, head_lr)
     if run.report_to:
         accelerator.init_trackers(description, config={k: str(v) for k, v in run.to_dict().items()})
     prepared_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
