@@ -42,3 +42,17 @@ def test_quick_start_runs(capsys):
         exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
     printed = capsys.readouterr().out
     assert "torch.Size([1, 2])" in printed and "'rope'" in printed
+
+
+@pytest.mark.slow
+def test_every_python_example_runs(tmp_path, monkeypatch, capsys):
+    """All other examples too, in order, in a scratch folder (they save checkpoints)."""
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)\n```", README[README.index("## Quick start") :], flags=re.S)
+    assert len(blocks) >= 3
+    namespace = {"__name__": "readme"}  # later examples continue earlier ones, as a reader would
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "torch.Size([1, 1602, 384])" in printed and "True" in printed and "2048 2048" in printed
+    assert "config.json" in printed  # the push dry run lists the files it would upload
