@@ -60,6 +60,9 @@ class RowTerms:
         banded_value: the same value term in banded form (see `BandedValue`), for the fused forward, or None.
         forward_bias: an already computed bias for all rows that needs no gradient (a table shared by the layers of
             one forward pass); used instead of `bias` when nothing is differentiated, and sliced by the forward blocks.
+        max_rows: the most query rows per forward block, or None. Terms built from a block's distinct distances
+            compute about r + w of them for r rows and w columns, and a banded value term computes an r x (r + 2k)
+            band explicitly, so shorter blocks cost less there.
     """
 
     inputs: tuple[torch.Tensor, ...] = ()
@@ -68,6 +71,7 @@ class RowTerms:
     value: Callable[..., torch.Tensor] | None = None
     banded_value: BandedValue | None = None
     forward_bias: torch.Tensor | None = None
+    max_rows: int | None = None
 
     def state(self, query: torch.Tensor, key: torch.Tensor, inputs: Sequence[torch.Tensor]) -> tuple:
         return tuple(self.prepare(query, key, *inputs)) if self.prepare is not None else tuple(inputs)
@@ -84,10 +88,11 @@ class _Call:
     dropout: float
     shape: tuple[int, int, int, int]  # batch, heads, q_len, k_len
 
-    def blocks(self, elements: int) -> list[slice]:
+    def blocks(self, elements: int, max_rows: int | None = None) -> list[slice]:
         """Consecutive blocks of query rows whose (B, H, rows, K) tensors have about `elements` elements."""
         batch, heads, q_len, k_len = self.shape
         rows = rows_per_block(batch * heads * k_len, elements)
+        rows = rows if max_rows is None else max(min(rows, max_rows), 1)
         return [slice(start, min(start + rows, q_len)) for start in range(0, q_len, rows)]
 
 
@@ -131,7 +136,7 @@ def blockwise_attention(
 def _forward(call: _Call, query, key, value, state: tuple, use_forward_bias: bool, blocks=None) -> torch.Tensor:
     terms, outputs = call.terms, []
     banded = _BandedForward(key, value) if terms.value is not None and _fused_banded(call) else None
-    for rows in blocks or call.blocks(FORWARD_BLOCK_ELEMENTS):
+    for rows in blocks or call.blocks(FORWARD_BLOCK_ELEMENTS, terms.max_rows):
         query_rows = query[..., rows, :]
         bias = _bias_rows(call, rows, query_rows, state, use_forward_bias)
         mask = _block_mask(call, rows, query.shape[-2], key.shape[-2], key.device)

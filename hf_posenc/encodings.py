@@ -361,6 +361,10 @@ def _gather_key_distances(scores: torch.Tensor, index: torch.Tensor) -> torch.Te
 # in fp32 whatever the model's dtype (the backend casts the bias once, for the kernel).
 
 
+WINDOW_ROWS = 128
+"""Query rows per forward block of the window forms: a block of r rows computes scores for about r + w distances."""
+
+
 def _window_distance_bias(rows: slice, query_rows, table: torch.Tensor, *, max_distance: int, k_len: int, offset: int):
     """`q_i . table[clip(i - j, -k, k) + k]` scaled by 1/sqrt(D), for default positions, without an index tensor.
 
@@ -370,12 +374,57 @@ def _window_distance_bias(rows: slice, query_rows, table: torch.Tensor, *, max_d
     matmul and a strided copy instead of an (r, R) matmul and an (r, K) gather.
     """
     lo, hi, distance_rows = _distance_window(rows, k_len, offset, max_distance, table.device)
-    query_rows, table = query_rows.float() * query_rows.shape[-1] ** -0.5, table.float()
+    before, band, after = _query_window_terms(query_rows, table.float(), lo, hi, distance_rows, max_distance)
+    rows_shape = band.shape[:-1]
+    return torch.cat([before.expand(*rows_shape, lo), band, after.expand(*rows_shape, k_len - hi)], dim=-1)
+
+
+def _window_query_key_bias(rows: slice, query_rows, table, key, *, max_distance: int, k_len: int, offset: int):
+    """Huang et al.: `(q_i + k_j) . table[clip(i - j, -k, k) + k]` scaled by 1/sqrt(D), for default positions.
+
+    The query term as in `_window_distance_bias`; the key term of the band by `_key_band`.
+    """
+    lo, hi, distance_rows = _distance_window(rows, k_len, offset, max_distance, table.device)
+    table = table.float()
+    before, band, after = _query_window_terms(query_rows, table, lo, hi, distance_rows, max_distance)
+    key = key.float() * key.shape[-1] ** -0.5
+    key_band = _key_band(key[..., lo:hi, :], table[distance_rows], band.shape[-2])
+    key_before = torch.matmul(key[..., :lo, :], table[2 * max_distance]).unsqueeze(-2)  # (B, H, 1, lo)
+    key_after = torch.matmul(key[..., hi:, :], table[0]).unsqueeze(-2)
+    return torch.cat([before + key_before, band + key_band, after + key_after], dim=-1)
+
+
+def _key_band(keys: torch.Tensor, distance_table: torch.Tensor, rows: int) -> torch.Tensor:
+    """`out[i, j] = k_j . distance_table[rows - 1 - i + j]`, (B, H, rows, w) for the w band keys (B, H, w, D).
+
+    Key j meets the `rows` consecutive distances starting at row j of the table. Keys are taken in chunks of s: a
+    chunk's keys meet s + rows - 1 consecutive distances, one (s, s + rows - 1) product per chunk ((s + rows - 1) /
+    rows times the scores needed, against (w + rows) / rows for one product over all the band's distances), lined up
+    by `skew`.
+    """
+    (batch, heads, width, dim), size = keys.shape, max(min(rows // 4, 32), 1)
+    chunks = -(-width // size)
+    keys = torch.nn.functional.pad(keys, (0, 0, 0, chunks * size - width)).unflatten(-2, (chunks, size))
+    keys = keys.permute(2, 0, 1, 3, 4).reshape(chunks, batch * heads * size, dim)  # chunks first: one bmm
+    starts = torch.arange(chunks, device=keys.device).unsqueeze(-1) * size
+    index = starts + torch.arange(size + rows - 2, -1, -1, device=keys.device)  # descending: skew wants it so
+    windows = distance_table[index.clamp(max=distance_table.shape[0] - 1)]  # (chunks, size + rows - 1, D)
+    scores = torch.bmm(keys, windows.transpose(-1, -2)).view(chunks, batch, heads, size, size + rows - 1)
+    per_key = skew(scores, rows)  # (chunks, B, H, key u, query i)
+    return per_key.permute(1, 2, 4, 0, 3).reshape(batch, heads, rows, chunks * size)[..., :width]
+
+
+def _query_window_terms(query_rows, table, lo: int, hi: int, distance_rows, max_distance: int):
+    """The query term's parts: the score of the clipped vector before the band (B, H, r, 1), the band (B, H, r, w)
+    and after it (B, H, r, 1); `table` in fp32."""
+    query_rows = query_rows.float() * query_rows.shape[-1] ** -0.5
     scores = torch.matmul(query_rows, table[distance_rows].T)  # (B, H, r, r + w - 1)
     far = torch.matmul(query_rows, table[[2 * max_distance, 0]].T)  # keys far before (i - j > k) / after the block
-    rows_shape = scores.shape[:-1]
-    parts = [far[..., :1].expand(*rows_shape, lo), skew(scores, hi - lo), far[..., 1:].expand(*rows_shape, k_len - hi)]
-    return torch.cat(parts, dim=-1)
+    return far[..., :1], skew(scores, hi - lo), far[..., 1:]
+
+
+def _key_state(query, key, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return table, key
 
 
 def _window_value_term(rows: slice, probs, table: torch.Tensor, *, max_distance: int, k_len: int, offset: int):
@@ -446,12 +495,9 @@ def _key_distance_scores(query, key, table: torch.Tensor, index: torch.Tensor) -
     return table, index, torch.matmul(key.float(), table.float().T)
 
 
-def _query_key_distance_bias(
-    rows: slice, query_rows, table, index, key_scores, *, window: dict | None
-) -> torch.Tensor:
+def _query_key_distance_bias(rows: slice, query_rows, table, index, key_scores) -> torch.Tensor:
+    """Huang et al. for explicit positions: the query term plus the key term gathered from per-distance key scores."""
     key_term = _gather_key_distances(key_scores, index[..., rows, :]) * query_rows.shape[-1] ** -0.5
-    if window is not None:
-        return _window_distance_bias(rows, query_rows, table, **window) + key_term
     return _query_distance_bias(rows, query_rows, table, index) + key_term
 
 
@@ -515,9 +561,8 @@ class ShawRelativeKey(RelativeEncoding):
     def attend(self, query, key, positions, context):
         table, window = self.distance_embedding.weight, _window(positions, key, self.max_distance)
         if window is not None:
-            return AttentionTerms(
-                query, key, rows=RowTerms(inputs=(table,), bias=partial(_window_distance_bias, **window))
-            )
+            bias = partial(_window_distance_bias, **window)
+            return AttentionTerms(query, key, rows=RowTerms(inputs=(table,), bias=bias, max_rows=WINDOW_ROWS))
         index = _clipped_index(positions, self.max_distance, context)
         return AttentionTerms(query, key, rows=RowTerms(inputs=(table, index), bias=_query_distance_bias))
 
@@ -532,12 +577,13 @@ class HuangRelativeKeyQuery(ShawRelativeKey):
     step0 = "adds q.r + k.r terms (random unless init='zeros'); absolute table dropped unless keep_absolute=True"
 
     def attend(self, query, key, positions, context):
+        table, window = self.distance_embedding.weight, _window(positions, key, self.max_distance)
+        if window is not None:
+            bias = partial(_window_query_key_bias, **window)
+            rows = RowTerms(inputs=(table,), prepare=_key_state, bias=bias, max_rows=WINDOW_ROWS)
+            return AttentionTerms(query, key, rows=rows)
         index = _clipped_index(positions, self.max_distance, context)
-        rows = RowTerms(
-            inputs=(self.distance_embedding.weight, index),
-            prepare=_key_distance_scores,
-            bias=partial(_query_key_distance_bias, window=_window(positions, key, self.max_distance)),
-        )
+        rows = RowTerms(inputs=(table, index), prepare=_key_distance_scores, bias=_query_key_distance_bias)
         return AttentionTerms(query, key, rows=rows)
 
 
@@ -576,7 +622,8 @@ class NezhaFunctionalRelative(RelativeEncoding):
             flipped = self.table.flip(0)
             bias, value = partial(_window_distance_bias, **window), partial(_window_value_term, **window)
             banded = BandedValue(partial(_band_columns, **window), partial(_banded_value_term, **window))
-            rows = RowTerms(inputs=(flipped,), bias=bias, value=value, banded_value=banded)
+            band_rows = max(32, 1 << (2 * k - 1).bit_length())  # about the band's own width, 2k
+            rows = RowTerms(inputs=(flipped,), bias=bias, value=value, banded_value=banded, max_rows=band_rows)
             return AttentionTerms(query, key, rows=rows)
         index = context.memo(
             ("nezha_index", k, positions_key(positions)), lambda: 2 * k - _clipped_index(positions, k, context)

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import token_ids, tiny_model
+from tiny_models import tiny_model, token_ids
 from transformers import AttentionInterface
 from transformers.models.t5.modeling_t5 import T5Attention
 
 import hf_posenc
 from hf_posenc import blockwise
 from hf_posenc.attention import BACKEND, posenc_attention_forward, register_backend
-from hf_posenc.encodings import PositionContext, StackDims, build_encoding, rotate
+from hf_posenc.encodings import PositionContext, Positions, StackDims, build_encoding, rotate
 
 HEADS, HEAD_DIM = 4, 8
 RELATIVE = ["relative_key", "relative_key_query", "nezha", "t5", "alibi", "rope"]
-OPTIONS = {"relative_key": {"max_distance": 16}, "relative_key_query": {"max_distance": 16}, "nezha": {"max_distance": 8}}
+OPTIONS = {
+    "relative_key": {"max_distance": 16},
+    "relative_key_query": {"max_distance": 16},
+    "nezha": {"max_distance": 8},
+}
 LENGTHS = [1, 37, 130]
 FP32 = {"atol": 2e-5, "rtol": 2e-5}
 BF16 = {"atol": 3e-2, "rtol": 3e-2}
@@ -45,12 +49,16 @@ def relative_vectors(name, encoding, rel):
     return encoding.distance_embedding.weight.float()[rel.clamp(-k, k) + k]  # fp32 first: gradients sum in fp32
 
 
-def reference(name, encoding, q, k, v, mask=None, causal=False):
-    """Eager attention with the encoding's formula written out; (B, H, Q, D) in, (B, Q, H, D) out."""
+def reference(name, encoding, q, k, v, mask=None, causal=False, positions=None):
+    """Eager attention with the encoding's formula written out; (B, H, Q, D) in, (B, Q, H, D) out.
+
+    Positions: keys 0..K-1 and queries the last Q of them, or `positions` = (query positions, key positions)."""
     q, k, v = q.float(), k.float(), v.float()
     q_len, k_len = q.shape[2], k.shape[2]
     kpos = torch.arange(k_len)
     qpos = kpos[k_len - q_len :]
+    if positions is not None:
+        qpos, kpos = positions
     rel = qpos[:, None] - kpos[None, :]  # i - j
     scores = q @ k.transpose(-1, -2)
     if name in ("relative_key", "relative_key_query", "nezha"):
@@ -87,8 +95,10 @@ class FakeAttention(torch.nn.Module):
         self.__dict__["_posenc"] = (encoding, PositionContext(causal))
 
 
-def optimized(encoding, q, k, v, mask=None, causal=False):
-    out, _ = posenc_attention_forward(FakeAttention(encoding, causal), q, k, v, mask, scaling=HEAD_DIM**-0.5)
+def optimized(encoding, q, k, v, mask=None, causal=False, position_ids=None):
+    kwargs = {} if position_ids is None else {"position_ids": position_ids}
+    module = FakeAttention(encoding, causal)
+    out, _ = posenc_attention_forward(module, q, k, v, mask, scaling=HEAD_DIM**-0.5, **kwargs)
     return out
 
 
@@ -114,9 +124,10 @@ def values_and_grads(fn, encoding, q, k, v):
     return out.float(), [g.float() for g in grads]
 
 
-def assert_matches(name, encoding, q, k, v, tolerance, mask=None, causal=False):
-    got = values_and_grads(lambda: optimized(encoding, q, k, v, mask, causal), encoding, q, k, v)
-    want = values_and_grads(lambda: reference(name, encoding, q, k, v, mask, causal), encoding, q, k, v)
+def assert_matches(name, encoding, q, k, v, tolerance, mask=None, causal=False, position_ids=None):
+    positions = None if position_ids is None else (position_ids[0, -q.shape[2] :], position_ids[0])
+    got = values_and_grads(lambda: optimized(encoding, q, k, v, mask, causal, position_ids), encoding, q, k, v)
+    want = values_and_grads(lambda: reference(name, encoding, q, k, v, mask, causal, positions), encoding, q, k, v)
     torch.testing.assert_close(got[0], want[0], **tolerance)
     for label, a, b in zip(["query", "key", "value", "parameters"], got[1], want[1]):
         torch.testing.assert_close(a, b, **tolerance, msg=lambda m, label=label: f"grad {label}: {m}")
@@ -134,3 +145,136 @@ def test_values_and_gradients_fp32(name, length):
 def test_values_and_gradients_bf16(name, length):
     encoding, q, k, v = make_case(name, length, torch.bfloat16)
     assert_matches(name, encoding, q, k, v, BF16)
+
+
+@pytest.mark.parametrize("name", RELATIVE)
+def test_padding_mask(name):
+    encoding, q, k, v = make_case(name, 70, torch.float32)
+    mask = torch.ones(2, 1, 70, 70, dtype=torch.bool)
+    mask[1, ..., 50:] = False  # the second sequence is padded after 50 tokens
+    assert_matches(name, encoding, q, k, v, FP32, mask=mask)
+
+
+@pytest.mark.parametrize("q_len", [1, 9, 40])
+@pytest.mark.parametrize("name", RELATIVE)
+def test_causal_with_cached_keys(name, q_len):
+    """A decoder: causal mask, queries at the last q_len of 40 positions (cached decoding when q_len < 40)."""
+    if name == "rope" and 1 < q_len < 40:
+        pytest.skip("rope goes to transformers' SDPA function, which reads is_causal with Q < K as a static cache")
+    encoding, q, k, v = make_case(name, q_len, torch.float32, causal=True, k_len=40)
+    assert_matches(name, encoding, q, k, v, FP32, causal=True)
+
+
+@pytest.mark.parametrize("name", RELATIVE)
+def test_explicit_position_ids(name):
+    """Caller-given positions (here shifted and with a gap) take the gather forms instead of the window forms."""
+    encoding, q, k, v = make_case(name, 45, torch.float32)
+    position_ids = torch.cat([torch.arange(5, 25), torch.arange(40, 65)]).unsqueeze(0)
+    assert_matches(name, encoding, q, k, v, FP32, position_ids=position_ids)
+
+
+@pytest.mark.parametrize("name", RELATIVE)
+def test_inference_path(name):
+    """Without gradients: one SDPA call with a cached bias (t5, alibi), or the forward blocks (NEZHA's fused band)."""
+    encoding, q, k, v = make_case(name, 130, torch.float32)
+    with torch.no_grad():
+        got = optimized(encoding, q, k, v)
+        again = optimized(encoding, q, k, v)  # a cached bias is reused
+    torch.testing.assert_close(got, reference(name, encoding, q, k, v).detach(), **FP32)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+
+
+def test_t5_cached_bias_follows_weight_updates():
+    encoding, q, k, v = make_case("t5", 50, torch.float32)
+    with torch.no_grad():
+        optimized(encoding, q, k, v)
+        encoding.relative_attention_bias.weight.mul_(-2.0)  # as an optimizer step would: in place
+        got = optimized(encoding, q, k, v)
+    torch.testing.assert_close(got, reference("t5", encoding, q, k, v).detach(), **FP32)
+
+
+def test_dropout_falls_back_to_autograd():
+    """With attention dropout in a differentiated call, recomputation cannot replay the dropout mask: the terms are
+    materialized and differentiated by autograd. A negligible rate keeps the result comparable to the reference."""
+    encoding, q, k, v = make_case("relative_key", 37, torch.float32)
+    terms = encoding.attend(q, k, Positions.default(37, 37, q.device), PositionContext(False))
+
+    def run():
+        out = blockwise.blockwise_attention(q, k, v, terms.rows, None, False, HEAD_DIM**-0.5, dropout=1e-9)
+        return out.transpose(1, 2)
+
+    got = values_and_grads(run, encoding, q, k, v)
+    want = values_and_grads(lambda: reference("relative_key", encoding, q, k, v), encoding, q, k, v)
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
+        torch.testing.assert_close(a, b, **FP32)
+
+
+LEARNED_OR_QUERY_DEPENDENT = ["t5", "relative_key", "relative_key_query", "nezha"]
+
+
+@pytest.mark.parametrize("name", LEARNED_OR_QUERY_DEPENDENT)
+def test_training_keeps_no_square_tensor_for_backward(name):
+    """What autograd saves for backward is O(L) per head: no (B, H, Q, K) bias or probabilities (issue 6)."""
+    encoding, q, k, v = make_case(name, 200, torch.float32, batch=1)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        optimized(encoding, q, k, v).sum().backward()
+    assert saved and max(saved) < HEADS * 200 * 200 / 4, sorted(saved)[-3:]
+
+
+@pytest.mark.parametrize("name", [*LEARNED_OR_QUERY_DEPENDENT, "alibi"])
+def test_training_keeps_the_fused_kernel(name):
+    """Forward + backward never reaches SDPA's math kernel, which a bias that needs gradients would select."""
+    encoding, q, k, v = make_case(name, 64, torch.float32)
+    with torch.profiler.profile() as profile:
+        optimized(encoding, q, k, v).sum().backward()
+    kernels = {event.key for event in profile.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in kernels
+    assert "aten::_scaled_dot_product_attention_math" not in kernels
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A whole patched model against the same model with plain eager reference attention
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def reference_backend(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """An attention function for transformers' interface that runs `reference` with the module's encoding."""
+    encoding, _ = module.__dict__["_posenc"]
+    causal = bool(getattr(module, "is_causal", False)) if is_causal is None else is_causal
+    mask = attention_mask if attention_mask is None or attention_mask.dtype == torch.bool else attention_mask == 0
+    return reference(encoding.name, encoding, query, key, value, mask, causal and attention_mask is None), None
+
+
+@pytest.fixture
+def reference_attention():
+    """Swap the registered `posenc` attention function for `reference_backend`; restore it afterwards."""
+    AttentionInterface.register(BACKEND, reference_backend)
+    yield
+    register_backend()
+
+
+def model_gradients(model, ids, mask):
+    model.zero_grad()
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    hidden.square().mean().backward()
+    return hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", RELATIVE)
+def test_patched_model_matches_eager_reference(name, request):
+    """Train mode (dropout 0), a padded batch of 90 tokens (past the 64 trained positions): the hidden states and
+    every parameter's gradient equal those of the same model running the reference attention."""
+    options = {"max_distance": 16} if name in ("relative_key", "relative_key_query", "nezha") else {}
+    model = hf_posenc.patch_model(tiny_model("bert"), name, **options).train()
+    for parameter in model.parameters():  # nonzero learned relative terms
+        torch.nn.init.normal_(parameter, std=0.3) if parameter.dim() == 2 and parameter.shape[0] < 40 else None
+    ids, mask = token_ids(2, 90), torch.ones(2, 90, dtype=torch.long)
+    mask[1, 70:] = 0
+    got = model_gradients(model, ids, mask)
+    request.getfixturevalue("reference_attention")
+    want = model_gradients(model, ids, mask)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+    assert got[1].keys() == want[1].keys()
+    for parameter_name in want[1]:
+        torch.testing.assert_close(got[1][parameter_name], want[1][parameter_name], atol=1e-4, rtol=1e-4)
