@@ -40,8 +40,12 @@ class StackSpec:
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
+    """An architecture: its stacks, and the config field naming its activation function (`hf_posenc.hub` uses it
+    as the trip-wire that stops stock transformers from building a patched checkpoint without its encoding)."""
+
     family: str
     stacks: tuple[StackSpec, ...]
+    activation_field: str = "hidden_act"
 
 
 _BERT = ArchitectureSpec(
@@ -68,6 +72,7 @@ _ROBERTA = ArchitectureSpec(
 )
 _DISTILBERT = ArchitectureSpec(
     family="distilbert",
+    activation_field="activation",
     stacks=(
         StackSpec(
             "encoder", "transformer", "embeddings.position_embeddings", "position_ids", "attention", "embeddings"
@@ -76,6 +81,7 @@ _DISTILBERT = ArchitectureSpec(
 )
 _BART = ArchitectureSpec(
     family="bart",
+    activation_field="activation_function",
     stacks=(
         StackSpec("encoder", "encoder", "encoder.embed_positions", "bart", "self_attn", row_offset=2),
         StackSpec("decoder", "decoder", "decoder.embed_positions", "bart", "self_attn", row_offset=2),

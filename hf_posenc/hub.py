@@ -165,13 +165,40 @@ def is_portable(config: dict[str, Any]) -> bool:
     )
 
 
+TRIPWIRE = "hf_posenc-patched: load this checkpoint with hf_posenc.from_pretrained(path) (pip install hf-posenc)"
+"""Written in place of the activation function of a patched checkpoint (the real one moves into the `posenc` block):
+a transformers class built from the config without hf_posenc, e.g. `BertModel.from_pretrained(folder)` with the plugin
+not imported, fails at once with a `KeyError` that quotes this text, instead of loading without its encoding."""
+
+
+def _arm_tripwire(output: dict[str, Any], base_type: str) -> None:
+    field = ARCHITECTURES[base_type].activation_field
+    if field in output and output[field] != TRIPWIRE:
+        output[CONFIG_KEY] = {**output[CONFIG_KEY], "activation": output[field]}
+        output[field] = TRIPWIRE
+
+
+def disarm_tripwire(config: dict[str, Any]) -> dict[str, Any]:
+    """The config dict with its real activation function back (a copy; unchanged when not armed)."""
+    arch = ARCHITECTURES.get(base_model_type(config.get("model_type") or ""))
+    block = config.get(CONFIG_KEY)
+    if arch is None or config.get(arch.activation_field) != TRIPWIRE or not isinstance(block, dict):
+        return config
+    if "activation" not in block:
+        raise ValueError("config.json is armed by hf_posenc but its 'posenc' block lost the activation function.")
+    block = dict(block)
+    return {**config, arch.activation_field: block.pop("activation"), CONFIG_KEY: block}
+
+
 def _serialized(output: dict[str, Any]) -> dict[str, Any]:
-    """A patched config's dict as it is written: `model_type` "posenc-<type>" and the loader shim's `auto_map`."""
+    """A patched config's dict as it is written: `model_type` "posenc-<type>", the loader shim's `auto_map`, and
+    the activation trip-wire."""
     model_type = output.get("model_type") or ""
     if not output.get(CONFIG_KEY) or model_type.startswith(POSENC_PREFIX) or model_type not in ARCHITECTURES:
         return output
     if is_portable(output):
         return output
+    _arm_tripwire(output, model_type)
     output["model_type"] = POSENC_PREFIX + model_type
     output["auto_map"] = {**(output.get("auto_map") or {}), **auto_map(model_type)}
     return output
@@ -215,6 +242,18 @@ def _hook_config_class(config_class: type[PreTrainedConfig]) -> None:
     config_class._posenc_hooked = True
 
 
+def _disarming_init(base_config: type[PreTrainedConfig]) -> Callable[..., None]:
+    """`__init__` of a `posenc-<type>` config class: the saved config's real activation function comes back."""
+    model_type = POSENC_PREFIX + base_config.model_type
+
+    def __init__(self, **kwargs) -> None:
+        kwargs = disarm_tripwire({**kwargs, "model_type": model_type})
+        kwargs.pop("model_type")
+        base_config.__init__(self, **kwargs)
+
+    return __init__
+
+
 def register_model_types() -> None:
     """Register `posenc-<type>` for every supported model type with AutoConfig and every AutoModel* class.
 
@@ -224,7 +263,7 @@ def register_model_types() -> None:
         base_config = CONFIG_MAPPING[base_type]
         name = f"Posenc{base_config.__name__}"
         config_class = _AUTO_CLASSES.get(name) or _named(
-            name, (base_config,), {"model_type": POSENC_PREFIX + base_type}
+            name, (base_config,), {"model_type": POSENC_PREFIX + base_type, "__init__": _disarming_init(base_config)}
         )
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         autos = {auto.__name__: auto for auto in _auto_model_classes()}
@@ -401,6 +440,7 @@ def saved_architecture(config: dict[str, Any]) -> str | None:
 
 
 def _patched_plan(config: dict[str, Any]) -> LoadPlan:
+    config = disarm_tripwire(config)
     base_type = base_model_type(config["model_type"])
     if base_type not in ARCHITECTURES:
         raise ValueError(

@@ -20,6 +20,7 @@ import hf_posenc
 from hf_posenc import cli
 from hf_posenc.architectures import ARCHITECTURES
 from hf_posenc.encodings import ENCODINGS
+from hf_posenc.hub import TRIPWIRE
 from hf_posenc.publish import PushError
 
 ENCODER_ENCODINGS = sorted(name for name, cls in ENCODINGS.items() if cls.kind != "none")
@@ -345,6 +346,25 @@ def test_plain_transformers_refuses_or_loads_correctly(tmp_path):
     # trust_remote_code with hf_posenc installed: the shim hands over to hf_posenc, which loads it exactly.
     assert report["imported_before_trust"] is False
     assert report["trusted"] == {"loaded": 0.0}
+
+
+@pytest.mark.parametrize(
+    "model_type,encoding,head",
+    [("bert", "alibi", "BertForSequenceClassification"), ("distilbert", "rope", None), ("bart", "t5", None)],
+)
+def test_direct_class_loading_without_hf_posenc_fails_naming_it(tmp_path, model_type, encoding, head):
+    """The trip-wire: stock transformers cannot build a patched checkpoint as a plain model (it would load without
+    its encoding); the error quotes how to load it. hf_posenc restores the real activation function."""
+    model = patched(model_type, encoding, head)
+    folder = save(model, tmp_path)
+    field = hf_posenc.ARCHITECTURES[model_type].activation_field
+    assert json.loads((folder / "config.json").read_text())[field] == TRIPWIRE
+    code = f"import transformers; transformers.{type(model).__name__}.from_pretrained({str(folder)!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "hf_posenc.from_pretrained(path)" in done.stderr.splitlines()[-1]
+    reloaded = hf_posenc.from_pretrained(folder)
+    assert getattr(reloaded.config, field) == getattr(model.config, field) != TRIPWIRE
+    assert "activation" not in reloaded.config.posenc
 
 
 def test_direct_class_loading_is_refused_once_hf_posenc_is_imported(tmp_path):
