@@ -221,9 +221,22 @@ def _merge(bias: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dt
 
 
 def _scores(query_rows, key, additive, scale: float) -> torch.Tensor:
-    """One block's scaled scores in fp32 whatever the input dtype, plus an additive (float) or boolean mask."""
-    scores = torch.matmul(query_rows.float(), key.float().transpose(-1, -2)) * scale
-    return scores if additive is None else _masked(scores, additive)
+    """One block's scaled scores in fp32 whatever the input dtype, plus an additive (float) or boolean mask.
+
+    A float bias goes in as `baddbmm`'s input: one pass over the (B, H, r, K) scores instead of three.
+    """
+    batch, heads, rows, dim = query_rows.shape
+    queries, keys = _flat(query_rows.float()), _flat(key.float()).transpose(1, 2)
+    if additive is None or additive.dtype == torch.bool:
+        scores = torch.bmm(queries * scale, keys).view(batch, heads, rows, -1)
+        return scores if additive is None else _masked(scores, additive)
+    bias = _flat(additive.float().expand(batch, heads, rows, key.shape[-2]))
+    return torch.baddbmm(bias, queries, keys, alpha=scale).view(batch, heads, rows, -1)
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, H, n, m) -> (B * H, n, m), a view whenever the strides allow."""
+    return tensor.reshape(-1, *tensor.shape[-2:])
 
 
 def _masked(scores: torch.Tensor, additive: torch.Tensor) -> torch.Tensor:
@@ -290,11 +303,13 @@ class _Gradients:
         probs = _probabilities(
             query_rows.detach(), self.key, None if bias is None else bias.detach(), mask, call.scale
         )
-        grad_probs = torch.matmul(grad_output, self.value.transpose(-1, -2))
+        # dP - rowsum(dO * O) in one pass, then dS = P * (dP - rowsum(dO * O)) in place
+        shifted = torch.baddbmm(-_flat(delta), _flat(grad_output), _flat(self.value).transpose(1, 2))
+        shifted = shifted.view(probs.shape)
         if call.terms.value is not None:
-            grad_probs = grad_probs + self._value_term_grads(rows, probs, grad_output)
+            shifted = shifted + self._value_term_grads(rows, probs, grad_output)
         self.grad_value += _sum_to(torch.matmul(probs.transpose(-1, -2), grad_output), self.grad_value.shape)
-        grad_scores = probs.mul_(grad_probs.sub_(delta))  # dS = P * (dP - rowsum(dO * O)), in place
+        grad_scores = probs.mul_(shifted)
         self.grad_query[..., rows, :] += torch.matmul(grad_scores, self.key) * call.scale
         query_float = query_rows.detach().float()
         self.grad_key += (
