@@ -1,0 +1,674 @@
+"""Speed and memory of every encoding against the unpatched model (issue 6): `hf-posenc bench`, `benchmarks/run.py`.
+
+Method:
+
+* Models are built from configs with random weights (MiniLM, BERT-base and BART-base shapes); the baseline is the
+  unpatched model with transformers' SDPA attention and its learned absolute table. Attention dropout is 0 in every
+  model (with dropout > 0 torch's CPU SDPA leaves its fused kernel for every model, the baseline included); hidden
+  dropout keeps its default. Inputs have no padding.
+* `forward` is one `model(**inputs)` under `torch.no_grad()` in eval mode; `train` is forward + backward of the mean
+  square of the last hidden state in train mode.
+* Time ratios come from one process: all models of a configuration are built, then timed in interleaved rounds (the
+  order rotates each round); each round gives one ratio per encoding (its time over the baseline's in that round) and
+  the reported ratio is the median of those paired ratios, which slow drifts of a shared machine's load cancel out of.
+* Peak memory comes from a fresh process per configuration and encoding: `VmHWM` (the peak resident set, from
+  /proc/self/status; `ru_maxrss` would keep the forked parent's peak across exec) after two steps, and the same minus
+  the resident set just before the first step (the step's own memory: activations, saved tensors, gradients,
+  transient buffers; it excludes the interpreter, the libraries, the weights and the inputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+BASELINE = "unpatched"
+BERT_ENCODINGS = ("learned", "sinusoidal", "t5", "alibi", "rope", "relative_key", "relative_key_query", "nezha")
+BART_ENCODINGS = (*BERT_ENCODINGS, "none")  # `none` is refused on bidirectional stacks: BART's decoder only
+MODES = ("forward", "train")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model shape: its family, config fields and the trained length (the learned table of the checkpoint)."""
+
+    family: str
+    config: dict[str, int]
+    trained_length: int
+    max_tokens: int  # the full grid skips batch * length above this (time and memory on a 2-core CPU)
+
+
+SHAPES: dict[str, Shape] = {
+    "minilm": Shape(
+        "bert", dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536), 512, 8192
+    ),
+    "base": Shape(
+        "bert", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072), 512, 4096
+    ),
+    "bart": Shape(
+        "bart",
+        dict(
+            d_model=768,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_attention_heads=12,
+            decoder_attention_heads=12,
+            encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072,
+        ),
+        1024,
+        4096,
+    ),
+}
+
+
+@dataclass
+class Grid:
+    """What one run measures. `budget_s` is the time-measurement budget per configuration (the rounds it affords,
+    within `min_reps..max_reps`); memory is measured for the `memory_modes` at the `memory_lengths` (all if None)."""
+
+    shapes: tuple[str, ...]
+    lengths: tuple[int, ...]
+    batches: tuple[int, ...]
+    modes: tuple[str, ...] = MODES
+    encodings: tuple[str, ...] | None = None  # None: every encoding of the family
+    memory_modes: tuple[str, ...] = ("train",)
+    memory_lengths: tuple[int, ...] | None = None
+    budget_s: float = 60.0
+    min_reps: int = 3
+    max_reps: int = 15
+    extras: bool = True  # patch time and import time
+    threads: int | None = None  # torch threads (None: torch's default, one per core)
+    cap_tokens: bool = True
+
+    def cases(self) -> list[Case]:
+        cases = [
+            Case(shape, length, batch, mode)
+            for shape in self.shapes
+            for batch in self.batches
+            for length in self.lengths
+            for mode in self.modes
+            if not self.cap_tokens or batch * length <= SHAPES[shape].max_tokens
+        ]
+        return sorted(cases, key=lambda c: (c.shape != "minilm", c.batch * c.length, c.shape, c.mode))
+
+    def encodings_for(self, shape: str) -> tuple[str, ...]:
+        family = BART_ENCODINGS if SHAPES[shape].family == "bart" else BERT_ENCODINGS
+        return tuple(e for e in family if self.encodings is None or e in self.encodings)
+
+
+PRESETS: dict[str, Grid] = {
+    "quick": Grid(("minilm",), (128, 512), (1,), budget_s=4.0, min_reps=3, max_reps=5, memory_lengths=(512,)),
+    "targets": Grid(("minilm", "base"), (512, 2048), (1,), budget_s=90.0, min_reps=5, max_reps=15),
+    "full": Grid(("minilm", "base", "bart"), (128, 512, 1024, 2048, 4096), (1, 8), budget_s=40.0, max_reps=11),
+}
+"""`quick`: a smoke test (about two minutes); `targets`: the configurations that issue 6's targets name; `full`: the
+grid, minus configurations past each shape's `max_tokens` (batch * length)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    shape: str
+    length: int
+    batch: int
+    mode: str
+
+    def label(self) -> str:
+        return f"{self.shape} L={self.length} B={self.batch} {self.mode}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models and steps
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_model(shape: str, encoding: str | None, length: int):
+    """A randomly initialized model of `shape`, patched with `encoding` (None: the unpatched baseline).
+
+    The baseline and `learned` get a learned table of max(trained_length, length) rows (as if extended); the other
+    encodings are patched into a model with the shape's trained length, as a real checkpoint would be.
+    """
+    import torch
+    import transformers
+
+    import hf_posenc
+
+    spec = SHAPES[shape]
+    table = max(spec.trained_length, length) if encoding in (None, "learned") else spec.trained_length
+    torch.manual_seed(0)
+    if spec.family == "bart":
+        config = transformers.BartConfig(**spec.config, max_position_embeddings=table, attention_dropout=0.0)
+        model = transformers.BartModel(config)
+    else:
+        config = transformers.BertConfig(
+            **spec.config, max_position_embeddings=table, attention_probs_dropout_prob=0.0
+        )
+        model = transformers.BertModel(config, add_pooling_layer=False)
+    model.set_attn_implementation("sdpa")
+    if encoding == "none":
+        hf_posenc.patch_model(model, decoder="none")
+    elif encoding is not None:
+        hf_posenc.patch_model(model, encoding)
+    return model
+
+
+def make_inputs(shape: str, batch: int, length: int) -> dict[str, Any]:
+    """Random token ids without padding (BART: the decoder gets as many tokens as the encoder)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 30000, (batch, length), generator=generator)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if SHAPES[shape].family == "bart":
+        inputs["decoder_input_ids"] = torch.randint(5, 30000, (batch, length), generator=generator)
+    return inputs
+
+
+def make_step(model, inputs: dict[str, Any], mode: str) -> Callable[[], None]:
+    """One timed unit of work: an inference forward, or a training forward + backward."""
+    import torch
+
+    model.train(mode == "train")
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(**inputs)
+
+    def train() -> None:
+        hidden = model(**inputs).last_hidden_state
+        hidden.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return train if mode == "train" else forward
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Time: interleaved rounds in one process, medians of paired ratios
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def time_case(case: Case, encodings: Iterable[str], grid: Grid) -> list[dict[str, Any]]:
+    """Time the baseline and `encodings` on `case` in interleaved rounds; one record per encoding."""
+    names = [BASELINE, *encodings]
+    inputs = make_inputs(case.shape, case.batch, case.length)
+    steps = {n: make_step(build_model(case.shape, _encoding(n), case.length), inputs, case.mode) for n in names}
+    start = time.perf_counter()
+    for step in steps.values():  # warm-up: allocator, lazy initialization, memo tables
+        step()
+    cycle = time.perf_counter() - start
+    reps = min(max(int(grid.budget_s / max(cycle, 1e-9)), grid.min_reps), grid.max_reps)
+    times = _interleaved(steps, reps)
+    return [_time_record(case, name, times[name], times[BASELINE]) for name in names]
+
+
+def _encoding(name: str) -> str | None:
+    return None if name == BASELINE else name
+
+
+def _interleaved(steps: dict[str, Callable[[], None]], reps: int) -> dict[str, list[float]]:
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(reps):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _time_record(case: Case, name: str, times: list[float], baseline: list[float]) -> dict[str, Any]:
+    ratios = sorted(t / b for t, b in zip(times, baseline))
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        **asdict(case),
+        "encoding": name,
+        "median_s": statistics.median(times),
+        "ratio": statistics.median(ratios),
+        "ratio_q1": quartiles[0],
+        "ratio_q3": quartiles[2],
+        "reps": len(times),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Memory: a fresh process per configuration and encoding
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def memory_case(case: Case, encoding: str, threads: int | None = None) -> dict[str, Any]:
+    """Peak resident memory of two steps of `case` with `encoding`, measured in a fresh Python process."""
+    spec = json.dumps({**asdict(case), "encoding": encoding, "threads": threads})
+    code = "import json, sys; from hf_posenc.bench import memory_child; print(json.dumps(memory_child(sys.argv[1])))"
+    result = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-3:]
+        return {**asdict(case), "encoding": encoding, "error": " | ".join(tail)}
+    return {**asdict(case), "encoding": encoding, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+def memory_child(spec_json: str) -> dict[str, float]:
+    """Run in the fresh process: build, measure the resident set, run two steps, report the peak (MiB)."""
+    spec = json.loads(spec_json)
+    _set_threads(spec.get("threads"))
+    model = build_model(spec["shape"], _encoding(spec["encoding"]), spec["length"])
+    step = make_step(model, make_inputs(spec["shape"], spec["batch"], spec["length"]), spec["mode"])
+    before = _status_mib("VmRSS")
+    step()
+    step()
+    peak = _status_mib("VmHWM")
+    return {
+        "rss_before_mib": round(before, 1),
+        "peak_rss_mib": round(peak, 1),
+        "step_peak_mib": round(peak - before, 1),
+    }
+
+
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident), in MiB."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Patch time and import time
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def patch_times(encodings: Iterable[str], reps: int = 3) -> dict[str, float]:
+    """Median seconds of `patch_model` on a BERT-base-shaped model, per encoding (unpatched again between calls)."""
+    import hf_posenc
+
+    model = build_model("base", None, SHAPES["base"].trained_length)
+    results = {}
+    for encoding in encodings:
+        samples = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            hf_posenc.patch_model(model, encoding)
+            samples.append(time.perf_counter() - start)
+            hf_posenc.unpatch_model(model)
+        results[encoding] = statistics.median(samples)
+    return results
+
+
+IMPORT_SCENARIOS = {
+    "after `import transformers`": "import transformers; import hf_posenc",
+    "after `from transformers import BertModel`": "from transformers import BertModel; import hf_posenc",
+}
+"""`import transformers` is lazy: any use of a model loads torch and `modeling_utils`, which hf_posenc needs to
+register its backend. The second scenario is what a user pays: the cost of hf_posenc beyond loading a model class."""
+
+
+def import_times(reps: int = 5) -> dict[str, Any]:
+    """hf_posenc's own cumulative import time (`python -X importtime`), median over fresh processes, per scenario."""
+    results = {}
+    for label, code in IMPORT_SCENARIOS.items():
+        samples = [_import_sample(code) for _ in range(reps)]
+        results[label] = {
+            "hf_posenc_ms": statistics.median(s[0] for s in samples),
+            "total_ms": statistics.median(s[1] for s in samples),
+            "code": code,
+        }
+    return results
+
+
+def _import_sample(code: str) -> tuple[float, float]:
+    """(hf_posenc's cumulative ms, the sum of all top-level imports' cumulative ms) for one fresh process."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
+    )
+    own, total = 0.0, 0.0
+    for line in result.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) != 3 or not parts[1].strip().isdigit():
+            continue
+        name, cumulative_ms = parts[2], int(parts[1]) / 1000
+        if not name.startswith("  "):  # a top-level import of this command (nested ones are indented further)
+            total += cumulative_ms
+            own += cumulative_ms if name.strip() == "hf_posenc" else 0.0
+    return own, total
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Targets (issue 6): fp32, batch 1, L = 512 and 2048, MiniLM and base shapes, ratio to the unpatched model
+# ---------------------------------------------------------------------------------------------------------------------
+
+FORWARD_LIMITS = {"relative_key": 1.5, "relative_key_query": 1.5, "nezha": 1.5}
+TRAIN_LIMITS = {"t5": 1.5, "relative_key": 2.0, "relative_key_query": 2.0, "nezha": 2.0}
+LEARNED_BIAS = ("t5", "relative_key", "relative_key_query")
+TARGET_SHAPES, TARGET_LENGTHS, MEMORY_TARGET_LENGTH = ("minilm", "base"), (512, 2048), 2048
+
+
+def limit(check: str, encoding: str) -> float:
+    """The issue's limit on the ratio to the unpatched model for one check and encoding."""
+    if check == "forward":
+        return FORWARD_LIMITS.get(encoding, 1.10)
+    if check == "train":
+        return TRAIN_LIMITS.get(encoding, 1.15)
+    return 2.0 if encoding in LEARNED_BIAS else 1.2
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target that `results` has a measurement for, with the measured ratio and whether it is met."""
+    checks = []
+    for record in results["timing"]:
+        if _is_target_case(record) and record["encoding"] != BASELINE:
+            checks.append(_check(record["mode"], record, record["ratio"]))
+    for record in _memory_ratios(results["memory"]):
+        if _is_target_case(record) and record["length"] == MEMORY_TARGET_LENGTH and record["mode"] == "train":
+            checks.append({**_check("memory", record, record["peak_ratio"]), "step_ratio": record["step_ratio"]})
+    return checks
+
+
+def _is_target_case(record: dict[str, Any]) -> bool:
+    return record["shape"] in TARGET_SHAPES and record["length"] in TARGET_LENGTHS and record["batch"] == 1
+
+
+def _check(check: str, record: dict[str, Any], value: float) -> dict[str, Any]:
+    bound = limit(check, record["encoding"])
+    keys = ("shape", "length", "encoding")
+    return {
+        "check": check,
+        **{k: record[k] for k in keys},
+        "ratio": round(value, 3),
+        "limit": bound,
+        "met": value <= bound,
+    }
+
+
+def _memory_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Memory records with their ratios to the baseline of the same configuration."""
+    baselines = {_config(r): r for r in records if r["encoding"] == BASELINE and "error" not in r}
+    out = []
+    for record in records:
+        base = baselines.get(_config(record))
+        if base is None or "error" in record:
+            continue
+        peak_ratio = record["peak_rss_mib"] / base["peak_rss_mib"]
+        step_ratio = record["step_peak_mib"] / max(base["step_peak_mib"], 1.0)
+        out.append({**record, "peak_ratio": peak_ratio, "step_ratio": step_ratio})
+    return out
+
+
+def _config(record: dict[str, Any]) -> tuple:
+    return record["shape"], record["length"], record["batch"], record["mode"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running a grid and writing the results
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and with what the numbers were measured."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hf_posenc": __version__,
+        "git_revision": _git_revision(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def _git_revision() -> str | None:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return result.stdout.strip() or None
+
+
+def run_grid(grid: Grid, out_dir: Path, name: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure `grid`, writing `out_dir/name.json` and `.md` after every configuration (a long run keeps its part)."""
+    _set_threads(grid.threads)
+    results: dict[str, Any] = {"meta": {**machine_info(), "preset": name}, "grid": asdict(grid)}
+    results.update(timing=[], memory=[], targets=[])
+    for case in grid.cases():
+        load = os.getloadavg()[0]
+        records = time_case(case, grid.encodings_for(case.shape), grid)
+        results["timing"] += [{**r, "load_1min": round(load, 2)} for r in records]
+        log(f"{case.label()}: " + ", ".join(f"{r['encoding']} {r['ratio']:.2f}" for r in records[1:]))
+        write_results(results, out_dir, name)
+    for case in _memory_cases(grid):
+        for encoding in (BASELINE, *grid.encodings_for(case.shape)):
+            results["memory"].append(memory_case(case, encoding, grid.threads))
+        log(f"{case.label()} memory: done")
+        write_results(results, out_dir, name)
+    if grid.extras:
+        results["patch_seconds"] = patch_times(BERT_ENCODINGS)
+        results["import"] = import_times()
+    results["meta"]["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_results(results, out_dir, name)
+    return results
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _memory_cases(grid: Grid) -> list[Case]:
+    lengths = grid.memory_lengths
+    return [c for c in grid.cases() if c.mode in grid.memory_modes and (lengths is None or c.length in lengths)]
+
+
+def write_results(results: dict[str, Any], out_dir: Path, name: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["targets"] = check_targets(results)
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / f"{name}.md").write_text(render_markdown(results))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown: machine, targets, a summary per shape, then every measurement."""
+    meta = results["meta"]
+    lines = [
+        f"# hf_posenc benchmark: `{meta['preset']}`",
+        "",
+        f"{meta['date']} (finished {meta.get('finished', 'not yet')}); {meta['cpu']}, {meta['cores']} cores "
+        f"({meta['torch_threads']} torch threads), {meta['memory_gib']} GiB; torch {meta['torch']}, transformers "
+        f"{meta['transformers']}, hf_posenc {meta['hf_posenc']} (git {meta['git_revision']}), "
+        f"Python {meta['python']}.",
+        "",
+        "Ratios are to the unpatched model (learned absolute table, SDPA), fp32. Time: median of paired ratios from "
+        "interleaved rounds in one process (IQR = interquartile range of those ratios). Memory: peak resident set of "
+        "a fresh process per configuration (`VmHWM`), and the step's own part (peak minus the resident set "
+        "before the first step). See `hf_posenc/bench.py` for the method.",
+        "",
+    ]
+    lines += _targets_section(results["targets"])
+    lines += _summary_section(results)
+    lines += _timing_section(results["timing"])
+    lines += _memory_section(results["memory"])
+    lines += _extras_section(results)
+    return "\n".join(lines) + "\n"
+
+
+def _table(header: list[str], rows: Iterable[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _targets_section(targets: list[dict[str, Any]]) -> list[str]:
+    if not targets:
+        return []
+    met = sum(t["met"] for t in targets)
+    rows = [
+        [
+            t["check"],
+            t["encoding"],
+            t["shape"],
+            t["length"],
+            f"{t['ratio']:.2f}",
+            t["limit"],
+            "yes" if t["met"] else "**no**",
+        ]
+        for t in targets
+    ]
+    header = ["check", "encoding", "shape", "L", "ratio", "limit", "met"]
+    return [f"## Targets (issue 6): {met} of {len(targets)} met", "", *_table(header, rows)]
+
+
+def _summary_section(results: dict[str, Any]) -> list[str]:
+    """Per shape, batch 1: forward / train / peak-memory ratios, one column per length."""
+    timing = {(r["shape"], r["length"], r["batch"], r["mode"], r["encoding"]): r for r in results["timing"]}
+    memory = {
+        (r["shape"], r["length"], r["batch"], r["mode"], r["encoding"]): r for r in _memory_ratios(results["memory"])
+    }
+    lines = ["## Summary (batch 1): forward / train / train peak memory, ratio to unpatched", ""]
+    for shape in dict.fromkeys(r["shape"] for r in results["timing"]):
+        lengths = sorted({r["length"] for r in results["timing"] if r["shape"] == shape and r["batch"] == 1})
+        names = list(dict.fromkeys(r["encoding"] for r in results["timing"] if r["shape"] == shape))[1:]
+        rows = [[name] + [_summary_cell(timing, memory, (shape, n, 1), name) for n in lengths] for name in names]
+        lines += [f"**{shape}**", "", *_table(["encoding"] + [f"L={n}" for n in lengths], rows)]
+    return lines
+
+
+def _summary_cell(timing: dict, memory: dict, config: tuple, name: str) -> str:
+    def fmt(record: dict | None, key: str) -> str:
+        return "-" if record is None else f"{record[key]:.2f}"
+
+    forward, train = timing.get((*config, "forward", name)), timing.get((*config, "train", name))
+    return (
+        f"{fmt(forward, 'ratio')} / {fmt(train, 'ratio')} / {fmt(memory.get((*config, 'train', name)), 'peak_ratio')}"
+    )
+
+
+def _timing_section(records: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        [
+            r["shape"], r["length"], r["batch"], r["mode"], r["encoding"], f"{r['median_s']:.3f}",
+            f"{r['ratio']:.2f}", f"{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}", r["reps"], r.get("load_1min", "-"),
+        ]
+        for r in records
+    ]  # fmt: skip
+    header = ["shape", "L", "batch", "mode", "encoding", "median s", "ratio", "IQR", "rounds", "load (1 min)"]
+    return ["## Time", "", *_table(header, rows)] if rows else []
+
+
+def _memory_section(records: list[dict[str, Any]]) -> list[str]:
+    ratios = {(_config(r), r["encoding"]): r for r in _memory_ratios(records)}
+    rows = []
+    for r in records:
+        extra = ratios.get((_config(r), r["encoding"]))
+        if "error" in r:
+            rows.append([*_config(r), r["encoding"], "error", "", "", r["error"]])
+            continue
+        cells = [f"{r['peak_rss_mib']:.0f}", f"{r['step_peak_mib']:.0f}"]
+        cells += [f"{extra['peak_ratio']:.2f}", f"{extra['step_ratio']:.2f}"] if extra else ["-", "-"]
+        rows.append([*_config(r), r["encoding"], *cells])
+    header = ["shape", "L", "batch", "mode", "encoding", "peak MiB", "step MiB", "peak ratio", "step ratio"]
+    return ["## Peak memory (fresh process per row)", "", *_table(header, rows)] if rows else []
+
+
+def _extras_section(results: dict[str, Any]) -> list[str]:
+    lines = []
+    if "patch_seconds" in results:
+        rows = [[name, f"{seconds:.3f}"] for name, seconds in results["patch_seconds"].items()]
+        lines += ["## Patch time (BERT-base shape, median of 3)", "", *_table(["encoding", "seconds"], rows)]
+    if "import" in results:
+        rows = [[label, f"{r['hf_posenc_ms']:.0f}", f"{r['total_ms']:.0f}"] for label, r in results["import"].items()]
+        header = ["`import hf_posenc`", "hf_posenc ms (cumulative)", "all imports ms"]
+        lines += ["## Import time (`python -X importtime`, median of 5 processes)", "", *_table(header, rows)]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="grid to run (default: quick)")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="override the preset's shapes")
+    parser.add_argument("--lengths", nargs="+", type=int, help="override the preset's sequence lengths")
+    parser.add_argument("--batches", nargs="+", type=int, help="override the preset's batch sizes")
+    parser.add_argument("--modes", nargs="+", choices=MODES, help="override the preset's modes")
+    parser.add_argument("--encodings", nargs="+", choices=BART_ENCODINGS, help="only these encodings")
+    parser.add_argument("--budget", type=float, help="seconds of timing per configuration (sets the rounds)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
+    parser.add_argument("--no-extras", action="store_true", help="skip patch time and import time")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    parser.add_argument("--name", help="output file stem (default: the preset's name)")
+
+
+def grid_from_args(args: argparse.Namespace) -> Grid:
+    """The preset's grid with the command line's overrides."""
+    grid = PRESETS[args.preset]
+    overrides = {
+        "shapes": args.shapes,
+        "lengths": args.lengths,
+        "batches": args.batches,
+        "modes": args.modes,
+        "encodings": args.encodings,
+        "budget_s": args.budget,
+        "threads": args.threads,
+    }
+    grid = Grid(**{**asdict(grid), **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v}})
+    if args.no_memory:
+        grid.memory_modes = ()
+    grid.extras = grid.extras and not args.no_extras
+    if any(n < 1 for n in (*grid.lengths, *grid.batches)):
+        raise ValueError(f"Lengths and batch sizes must be >= 1, got {grid.lengths} and {grid.batches}.")
+    return grid
+
+
+def run_command(args: argparse.Namespace) -> int:
+    grid = grid_from_args(args)
+    name = args.name or args.preset
+    results = run_grid(grid, args.out, name)
+    met = sum(t["met"] for t in results["targets"])
+    print(f"Wrote {args.out / name}.json and .md; targets met: {met}/{len(results['targets'])}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """`hf-posenc bench`: the speed and memory benchmark."""
+    parser = subparsers.add_parser("bench", help="time and memory of every encoding against the unpatched model")
+    add_arguments(parser)
+    parser.set_defaults(func=run_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `benchmarks/run.py`."""
+    parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))
