@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-CLI_MODULES: tuple[str, ...] = ("hf_posenc.extension", "hf_posenc.hub_cli", "hf_posenc.training")
+CLI_MODULES: tuple[str, ...] = ("hf_posenc.extension", "hf_posenc.hub_cli", "hf_posenc.training", "hf_posenc.bench")
 """Modules that contribute subcommands (`register_cli`)."""
 
 
