@@ -8,6 +8,7 @@ and spread over seeds, adds the TF-IDF + logistic-regression baseline, and write
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import re
@@ -29,8 +30,13 @@ from .training import RunConfig, classification_dataloaders, classification_spli
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str | None:
-    """The commit of the hf_posenc checkout (with "-dirty" when it has uncommitted changes), or None."""
+    """The commit of the hf_posenc checkout (with "-dirty" when it has uncommitted changes), or None.
+
+    Read once per process (runs call it when they start): the code that runs is the code imported then, whatever is
+    committed while a long sweep goes on.
+    """
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
@@ -156,7 +162,7 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = plt.subplots(figsize=(10, 5))
     for variant, per_length in summary.items():
         xs = [n for n in lengths if str(n) in per_length]
         stats = [mean_std(per_length[str(n)][metric]) for n in xs]
@@ -174,7 +180,7 @@ def plot(
     axes.set_ylabel(metric)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -296,6 +302,7 @@ def run_sweep(sweep: SweepConfig, get_dataloaders: Callable | None = None) -> di
 
     from .data import resolve_checkpoint
 
+    git_revision()  # the revision of the code this process imported
     runs, runner = sweep.runs(), _runner(sweep.kind, get_dataloaders)
     if sweep.kind == "classification":
         _check_all_lengths(runs)
@@ -306,7 +313,7 @@ def run_sweep(sweep: SweepConfig, get_dataloaders: Callable | None = None) -> di
     baseline = None
     if sweep.baseline and sweep.kind == "classification":
         baseline = tfidf_baseline(runs[0], AutoTokenizer.from_pretrained(resolve_checkpoint(runs[0].model)))
-    keep = ("variant", "config", "metrics", "train", "mlm", "patch_spec", "timings", "data", "note")
+    keep = ("variant", "config", "metrics", "train", "mlm", "patch_spec", "timings", "data", "note", "environment")
     summary = {
         "kind": "sweep",
         "sweep": dataclasses.asdict(sweep),

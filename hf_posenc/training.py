@@ -604,8 +604,9 @@ def run_classification(
     from transformers import AutoConfig, AutoTokenizer
 
     from .data import resolve_checkpoint
-    from .reporting import environment, write_run_results
+    from .reporting import environment, git_revision, write_run_results
 
+    git_revision()  # recorded as of the start: the code this process runs
     timings, started = {}, time.perf_counter()
     checkpoint = resolve_checkpoint(run.model)
     config = AutoConfig.from_pretrained(checkpoint)
