@@ -46,15 +46,24 @@ class Shape:
     family: str
     config: dict[str, int]
     trained_length: int
-    max_tokens: int  # the full grid skips batch * length above this (time and memory on a 2-core CPU)
+    max_tokens: int  # the full grid skips batch * length above this (time and memory on a 2-core CPU) ...
+    max_train_tokens: int  # ... and above this in training
 
 
 SHAPES: dict[str, Shape] = {
     "minilm": Shape(
-        "bert", dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536), 512, 8192
+        "bert",
+        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+        512,
+        8192,
+        4096,
     ),
     "base": Shape(
-        "bert", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072), 512, 4096
+        "bert",
+        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+        512,
+        4096,
+        2048,
     ),
     "bart": Shape(
         "bart",
@@ -68,7 +77,8 @@ SHAPES: dict[str, Shape] = {
             decoder_ffn_dim=3072,
         ),
         1024,
-        4096,
+        2048,
+        2048,
     ),
 }
 
@@ -85,6 +95,7 @@ class Grid:
     encodings: tuple[str, ...] | None = None  # None: every encoding of the family
     memory_modes: tuple[str, ...] = ("train",)
     memory_lengths: tuple[int, ...] | None = None
+    memory_batches: tuple[int, ...] | None = None
     budget_s: float = 60.0
     min_reps: int = 3
     max_reps: int = 15
@@ -99,7 +110,7 @@ class Grid:
             for batch in self.batches
             for length in self.lengths
             for mode in self.modes
-            if not self.cap_tokens or batch * length <= SHAPES[shape].max_tokens
+            if not self.cap_tokens or batch * length <= _cap(shape, mode)
         ]
         return sorted(cases, key=lambda c: (c.shape != "minilm", c.batch * c.length, c.shape, c.mode))
 
@@ -108,13 +119,26 @@ class Grid:
         return tuple(e for e in family if self.encodings is None or e in self.encodings)
 
 
+def _cap(shape: str, mode: str) -> int:
+    return SHAPES[shape].max_train_tokens if mode == "train" else SHAPES[shape].max_tokens
+
+
 PRESETS: dict[str, Grid] = {
     "quick": Grid(("minilm",), (128, 512), (1,), budget_s=4.0, min_reps=3, max_reps=5, memory_lengths=(512,)),
     "targets": Grid(("minilm", "base"), (512, 2048), (1,), budget_s=90.0, min_reps=5, max_reps=15),
-    "full": Grid(("minilm", "base", "bart"), (128, 512, 1024, 2048, 4096), (1, 8), budget_s=40.0, max_reps=11),
+    "full": Grid(
+        ("minilm", "base", "bart"),
+        (128, 512, 1024, 2048, 4096),
+        (1, 8),
+        budget_s=30.0,
+        max_reps=9,
+        memory_lengths=(512, 2048),
+        memory_batches=(1,),
+    ),
 }
-"""`quick`: a smoke test (about two minutes); `targets`: the configurations that issue 6's targets name; `full`: the
-grid, minus configurations past each shape's `max_tokens` (batch * length)."""
+"""`quick`: a smoke test (a few minutes); `targets`: the configurations that issue 6's targets name; `full`: the grid,
+minus configurations past each shape's `max_tokens` / `max_train_tokens` (batch * length); memory in training at
+batch 1, L = 512 and 2048."""
 
 
 @dataclass(frozen=True)
@@ -479,8 +503,14 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _memory_cases(grid: Grid) -> list[Case]:
-    lengths = grid.memory_lengths
-    return [c for c in grid.cases() if c.mode in grid.memory_modes and (lengths is None or c.length in lengths)]
+    lengths, batches = grid.memory_lengths, grid.memory_batches
+    return [
+        c
+        for c in grid.cases()
+        if c.mode in grid.memory_modes
+        and (lengths is None or c.length in lengths)
+        and (batches is None or c.batch in batches)
+    ]
 
 
 def write_results(results: dict[str, Any], out_dir: Path, name: str) -> None:

@@ -368,13 +368,18 @@ WINDOW_ROWS = 128
 def _window_distance_bias(rows: slice, query_rows, table: torch.Tensor, *, max_distance: int, k_len: int, offset: int):
     """`q_i . table[clip(i - j, -k, k) + k]` scaled by 1/sqrt(D), for default positions, without an index tensor.
 
-    Keys farther than k from every query of the block see a clipped, constant vector: their columns are one score
-    per row. The columns in between come from the scores of the block's r + w - 1 distinct distances, shifted into
-    place by `skew` (the relative-to-absolute trick of Huang et al. 2018, Music Transformer): one (r, r + w - 1)
-    matmul and a strided copy instead of an (r, R) matmul and an (r, K) gather.
+    The scores of the block's distinct distances are shifted into place by `skew` (the relative-to-absolute trick of
+    Huang et al. 2018, Music Transformer): one (r, r + w - 1) matmul instead of an (r, R) matmul and an (r, K) gather.
+    When the band of unclipped distances spans most keys, the scores of all r + K - 1 distances are computed and the
+    bias is a strided view, which SDPA's fused kernel reads as it is. Otherwise keys farther than k from every query
+    of the block, whose clipped vector is one constant, get one score per row, and the band is copied in between.
     """
-    lo, hi, distance_rows = _distance_window(rows, k_len, offset, max_distance, table.device)
+    lo, hi = _band_columns(rows, max_distance=max_distance, k_len=k_len, offset=offset)
+    full = 2 * (hi - lo) >= k_len
+    lo, hi, distance_rows = _distance_window(rows, k_len, offset, max_distance, table.device, full=full)
     before, band, after = _query_window_terms(query_rows, table.float(), lo, hi, distance_rows, max_distance)
+    if lo == 0 and hi == k_len:
+        return band
     rows_shape = band.shape[:-1]
     return torch.cat([before.expand(*rows_shape, lo), band, after.expand(*rows_shape, k_len - hi)], dim=-1)
 
@@ -450,12 +455,13 @@ def _band_columns(rows: slice, *, max_distance: int, k_len: int, offset: int) ->
     return lo, hi
 
 
-def _distance_window(rows: slice, k_len: int, offset: int, k: int, device, distances: bool = True):
-    """Columns [lo, hi) where some query of the block is within k of the key, and the table row of each distinct
-    distance `i - j` there, from the largest (last query, column lo) to the smallest (first query, column hi - 1)."""
+def _distance_window(rows: slice, k_len: int, offset: int, k: int, device, distances: bool = True, full: bool = False):
+    """Columns [lo, hi) where some query of the block is within k of the key (all columns if `full`), and the table
+    row of each distinct distance `i - j` there, from the largest (last query, column lo) to the smallest (first
+    query, column hi - 1)."""
     first, last = offset + rows.start, offset + rows.stop - 1  # positions of the block's first and last query
-    lo = min(max(first - k, 0), k_len)
-    hi = max(min(last + k + 1, k_len), lo)
+    lo = 0 if full else min(max(first - k, 0), k_len)
+    hi = k_len if full else max(min(last + k + 1, k_len), lo)
     if not distances:
         return lo, hi, None
     return lo, hi, torch.arange(last - lo, first - hi, -1, device=device).clamp(-k, k) + k
