@@ -1,7 +1,7 @@
 """The length-generalization study: all-MiniLM-L6-v2 on Pang & Lee reviews, trained at 128 tokens, evaluated to 2048.
 
-    python recipes/study.py --quick   # about 15-20 minutes on 2 CPU cores: 7 encodings, 1 seed, small budget
-    python recipes/study.py --full    # hours: 3 seeds, more data and encodings, with and without MLM adaptation
+    python recipes/study.py --quick   # 7 encodings, 1 seed, small budget: ~20 min on 2 idle CPU cores (40 shared)
+    python recipes/study.py --full    # 3 seeds, all data, 8 encodings with and without MLM: about a day on 2 cores
 
 Encodings: the learned table extended to 2048 by copying, sinusoidal, relative_key (Shaw), t5, alibi, rope, nezha;
 the TF-IDF + logistic regression baseline is in the table. Prints the table and writes results.json, results.md and
@@ -24,8 +24,8 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def parse_args(argv: list[str] | None = None) -> SweepConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="the default: about 15-20 minutes on 2 CPU cores")
-    preset.add_argument("--full", action="store_true", help="3 seeds, more data, MLM adaptation: hours")
+    preset.add_argument("--quick", action="store_true", help="the default: about 20 minutes on 2 idle CPU cores")
+    preset.add_argument("--full", action="store_true", help="3 seeds, all data, MLM: about a day on 2 cores")
     parser.add_argument("--output_dir", help="override the preset's output folder")
     args = parser.parse_args(argv)
     values = json.loads((CONFIGS / ("study_full.json" if args.full else "study_quick.json")).read_text())
