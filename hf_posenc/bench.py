@@ -392,7 +392,9 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if _is_target_case(record) and record["encoding"] != BASELINE:
             checks.append(_check(record["mode"], record, record["ratio"]))
     for record in _memory_ratios(results["memory"]):
-        if _is_target_case(record) and record["length"] == MEMORY_TARGET_LENGTH and record["mode"] == "train":
+        if record["encoding"] == BASELINE or record["length"] != MEMORY_TARGET_LENGTH:
+            continue
+        if _is_target_case(record) and record["mode"] == "train":
             checks.append({**_check("memory", record, record["peak_ratio"]), "step_ratio": record["step_ratio"]})
     return checks
 

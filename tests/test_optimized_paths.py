@@ -278,3 +278,65 @@ def test_patched_model_matches_eager_reference(name, request):
     assert got[1].keys() == want[1].keys()
     for parameter_name in want[1]:
         torch.testing.assert_close(got[1][parameter_name], want[1][parameter_name], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The benchmark harness's bookkeeping (its numbers live in benchmarks/results, never in tests)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_bench_times_every_encoding_against_the_baseline(monkeypatch):
+    from hf_posenc import bench
+
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=30522)
+    monkeypatch.setitem(bench.SHAPES, "tiny", bench.Shape("bert", tiny, 64, 4096, 4096))
+    grid = bench.Grid(("tiny",), (80,), (2,), budget_s=0.0, min_reps=3, max_reps=3)
+    records = bench.time_case(bench.Case("tiny", 80, 2, "train"), ("alibi", "relative_key"), grid)
+    assert [r["encoding"] for r in records] == [bench.BASELINE, "alibi", "relative_key"]
+    assert records[0]["ratio"] == 1.0 and all(r["reps"] == 3 and r["median_s"] > 0 for r in records)
+
+
+def test_bench_checks_targets_and_renders_markdown():
+    from hf_posenc import bench
+
+    def timing(encoding, ratio, mode="forward", length=512):
+        return dict(shape="minilm", length=length, batch=1, mode=mode, encoding=encoding, median_s=0.1, ratio=ratio,
+                    ratio_q1=ratio, ratio_q3=ratio, reps=3)  # fmt: skip
+
+    def memory(encoding, peak):
+        return dict(shape="minilm", length=2048, batch=1, mode="train", encoding=encoding, rss_before_mib=400.0,
+                    peak_rss_mib=peak, step_peak_mib=peak - 400.0)  # fmt: skip
+
+    results = {
+        "meta": {**bench.machine_info(), "preset": "synthetic"},
+        "timing": [
+            timing(bench.BASELINE, 1.0),
+            timing("alibi", 1.08),
+            timing("nezha", 1.6),
+            timing("t5", 1.4, "train"),
+        ],
+        "memory": [memory(bench.BASELINE, 1000.0), memory("alibi", 1300.0), memory("t5", 1300.0)],
+    }
+    verdicts = {(t["check"], t["encoding"]): t["met"] for t in bench.check_targets(results)}
+    assert verdicts == {
+        ("forward", "alibi"): True,  # 1.08 <= 1.10
+        ("forward", "nezha"): False,  # 1.6 > 1.5
+        ("train", "t5"): True,  # 1.4 <= 1.5
+        ("memory", "alibi"): False,  # 1.3 > 1.2: no learned bias
+        ("memory", "t5"): True,  # 1.3 <= 2: a learned bias
+    }
+    results["targets"] = bench.check_targets(results)
+    markdown = bench.render_markdown(results)
+    assert (
+        "## Targets (issue 6): 3 of 5 met" in markdown
+        and "| forward | nezha | minilm | 512 | 1.60 | 1.5 | **no** |" in markdown
+    )
+
+
+def test_bench_refuses_bad_sizes():
+    from hf_posenc import bench
+
+    parser = __import__("argparse").ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(ValueError, match="Lengths and batch sizes must be >= 1"):
+        bench.grid_from_args(parser.parse_args(["--lengths", "0"]))
