@@ -142,7 +142,7 @@ def _forward(call: _Call, query, key, value, state: tuple, use_forward_bias: boo
         mask = _block_mask(call, rows, query.shape[-2], key.shape[-2], key.device)
         if terms.value is None:
             outputs.append(_sdpa(query_rows, key, value, _merge(bias, mask, query.dtype), call.dropout, call.scale))
-        elif banded is not None:
+        elif banded is not None and banded.narrow(call, rows):
             outputs.append(banded(call, rows, query_rows, _merge(bias, mask, query.dtype), state))
         else:
             probs = _probabilities(query_rows, key, bias, mask, call.scale)
@@ -167,6 +167,12 @@ class _BandedForward:
         self.padded_key = torch.nn.functional.pad(key, (0, 2))
         self.values = torch.nn.functional.pad(value, (0, 2))
         self.columns = torch.arange(key.shape[-2], device=key.device)
+
+    def narrow(self, call: _Call, rows: slice) -> bool:
+        """Whether the block's band spans at most half the keys; for a wider band (short sequences), explicit
+        attention over all keys costs less than the fused kernel plus explicit attention over the band."""
+        lo, hi = call.terms.banded_value.columns(rows)
+        return 2 * (hi - lo) <= len(self.columns)
 
     def __call__(self, call: _Call, rows: slice, query_rows, merged, state: tuple) -> torch.Tensor:
         lo, hi = call.terms.banded_value.columns(rows)
