@@ -92,20 +92,53 @@ def mlm_dataloaders(run: RunConfig, tokenizer) -> tuple[DataLoader, dict[int, li
     return loader, eval_sets
 
 
+class MaskedPositionsMLM(nn.Module):
+    """Runs a masked-LM model's prediction head on the masked positions only.
+
+    The head's vocabulary projection dominates the cost of a step (30522 x 384 per token for MiniLM); with 15% of the
+    tokens masked this is about 6x cheaper and gives the same loss. Families whose head is not one module taking
+    hidden states (`cls` in BERT/ELECTRA-style models, `lm_head` in RoBERTa) fall back to the full forward.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.head = next(
+            (getattr(model, n) for n in ("cls", "lm_head") if isinstance(getattr(model, n, None), nn.Module)), None
+        )
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.model.base_model
+
+    def forward(self, input_ids, labels, attention_mask=None):
+        from transformers.modeling_outputs import MaskedLMOutput
+
+        chosen = labels != -100
+        if self.head is None:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[chosen]
+        else:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = self.head(hidden[chosen])
+        loss = nn.functional.cross_entropy(logits.float(), labels[chosen])
+        return MaskedLMOutput(loss=loss, logits=logits)
+
+
 @torch.no_grad()
 def evaluate_mlm(model, eval_sets: dict[int, list[dict]]) -> dict[str, dict]:
-    """Masked-token loss and accuracy at each length (same masks for every encoding)."""
+    """Masked-token loss and accuracy at each length (same masks for every encoding); `model` is a
+    `MaskedPositionsMLM`."""
     model.eval()
     results = {}
     for length, batches in eval_sets.items():
         loss_sum, correct, count, started = 0.0, 0, 0, time.perf_counter()
         device = next(model.parameters()).device
         for batch in batches:
-            logits = model(input_ids=batch["input_ids"].to(device)).logits
             labels = batch["labels"].to(device)
             chosen = labels != -100
-            loss_sum += nn.functional.cross_entropy(logits[chosen], labels[chosen], reduction="sum").item()
-            correct += (logits[chosen].argmax(-1) == labels[chosen]).sum().item()
+            logits = model(input_ids=batch["input_ids"].to(device), labels=labels).logits  # masked positions only
+            loss_sum += nn.functional.cross_entropy(logits.float(), labels[chosen], reduction="sum").item()
+            correct += (logits.argmax(-1) == labels[chosen]).sum().item()
             count += chosen.sum().item()
         results[str(length)] = {
             "mlm_loss": round(loss_sum / max(count, 1), 5),
@@ -131,7 +164,7 @@ def adapt_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.T
     from accelerate.utils import set_seed
 
     set_seed(run.seed)
-    model = build_mlm_model(run).to(accelerator.device)
+    model = MaskedPositionsMLM(build_mlm_model(run)).to(accelerator.device)
     loader, eval_sets = mlm_dataloaders(run, tokenizer)
     results = {"before": evaluate_mlm(model, eval_sets)} if eval_sets else {}
     overrides = {

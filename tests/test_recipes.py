@@ -210,6 +210,24 @@ def test_mlm_adaptation_learns_and_chains_into_classification(assets, tmp_path):
     assert results["patch_spec"]["stacks"]["encoder"]["max_length"] == 128
 
 
+def test_masked_positions_head_gives_the_full_models_loss(assets):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from hf_posenc.mlm import MaskedPositionsMLM, mask_tokens
+
+    model = AutoModelForMaskedLM.from_pretrained(assets["bert"]).eval()
+    wrapped = MaskedPositionsMLM(model)
+    assert wrapped.head is model.cls
+    tokenizer = AutoTokenizer.from_pretrained(assets["bert"])
+    ids = torch.randint(5, len(tokenizer), (3, 24), generator=torch.Generator().manual_seed(0))
+    masked, labels = mask_tokens(ids, tokenizer, 0.3, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(input_ids=masked, labels=labels).loss
+        found = wrapped(input_ids=masked, labels=labels)
+    torch.testing.assert_close(found.loss, expected, rtol=1e-5, atol=1e-6)
+    assert found.logits.shape == ((labels != -100).sum().item(), len(tokenizer))
+
+
 def test_adapted_encoder_must_fit_the_classifier(assets):
     from transformers import AutoModelForSequenceClassification
 
