@@ -637,9 +637,9 @@ def run_classification(
     results = {"kind": "classification", "config": run.to_dict(), "variant": run.variant, "data": facts}
     results.update(patch_spec=patch_spec(model), train=train_summary, mlm=mlm_results)
     if not train_summary["stopped_early"]:
-        model_eval = accelerator.prepare(*loaders.values())
-        model_eval = model_eval if isinstance(model_eval, tuple | list) else [model_eval]
-        results["metrics"] = evaluate_classification(accelerator, model, dict(zip(loaders, model_eval)), run.progress)
+        prepared = accelerator.prepare(*loaders.values())  # sharded per process; gather_for_metrics undoes it
+        prepared = prepared if isinstance(prepared, tuple | list) else [prepared]
+        results["metrics"] = evaluate_classification(accelerator, model, dict(zip(loaders, prepared)), run.progress)
     timings["total_seconds"] = round(time.perf_counter() - started, 2)
     results.update(timings=timings, environment=environment(accelerator))
     accelerator.end_training()
