@@ -82,7 +82,7 @@ def test_cli_train_writes_results_with_spec_versions_and_metrics_per_length(asse
     assert test_examples == 16  # 20% of the 80 fixture reviews
     for metrics in results["metrics"].values():
         assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0
-        assert metrics["n"] == test_examples and metrics["seconds"] > 0
+        assert metrics["n"] == test_examples and metrics["seconds"] >= 0  # rounded to 0.01 s: tiny runs can read 0.0
     assert results["train"]["completed_steps"] == 8 and len(results["train"]["losses"]) == 8
     assert results["timings"]["total_seconds"] > 0
     table = (out / "results.md").read_text()
