@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-BASELINE = "unpatched"
+from .bench_report import BASELINE, check_targets, render_markdown
+
 BERT_ENCODINGS = ("learned", "sinusoidal", "t5", "alibi", "rope", "relative_key", "relative_key_query", "nezha")
 BART_ENCODINGS = (*BERT_ENCODINGS, "none")  # `none` is refused on bidirectional stacks: BART's decoder only
 MODES = ("forward", "train")
@@ -367,73 +368,6 @@ def _import_sample(code: str) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Targets (issue 6): fp32, batch 1, L = 512 and 2048, MiniLM and base shapes, ratio to the unpatched model
-# ---------------------------------------------------------------------------------------------------------------------
-
-FORWARD_LIMITS = {"relative_key": 1.5, "relative_key_query": 1.5, "nezha": 1.5}
-TRAIN_LIMITS = {"t5": 1.5, "relative_key": 2.0, "relative_key_query": 2.0, "nezha": 2.0}
-LEARNED_BIAS = ("t5", "relative_key", "relative_key_query")
-TARGET_SHAPES, TARGET_LENGTHS, MEMORY_TARGET_LENGTH = ("minilm", "base"), (512, 2048), 2048
-
-
-def limit(check: str, encoding: str) -> float:
-    """The issue's limit on the ratio to the unpatched model for one check and encoding."""
-    if check == "forward":
-        return FORWARD_LIMITS.get(encoding, 1.10)
-    if check == "train":
-        return TRAIN_LIMITS.get(encoding, 1.15)
-    return 2.0 if encoding in LEARNED_BIAS else 1.2
-
-
-def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target that `results` has a measurement for, with the measured ratio and whether it is met."""
-    checks = []
-    for record in results["timing"]:
-        if _is_target_case(record) and record["encoding"] != BASELINE:
-            checks.append(_check(record["mode"], record, record["ratio"]))
-    for record in _memory_ratios(results["memory"]):
-        if record["encoding"] == BASELINE or record["length"] != MEMORY_TARGET_LENGTH:
-            continue
-        if _is_target_case(record) and record["mode"] == "train":
-            checks.append({**_check("memory", record, record["peak_ratio"]), "step_ratio": record["step_ratio"]})
-    return checks
-
-
-def _is_target_case(record: dict[str, Any]) -> bool:
-    return record["shape"] in TARGET_SHAPES and record["length"] in TARGET_LENGTHS and record["batch"] == 1
-
-
-def _check(check: str, record: dict[str, Any], value: float) -> dict[str, Any]:
-    bound = limit(check, record["encoding"])
-    keys = ("shape", "length", "encoding")
-    return {
-        "check": check,
-        **{k: record[k] for k in keys},
-        "ratio": round(value, 3),
-        "limit": bound,
-        "met": value <= bound,
-    }
-
-
-def _memory_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Memory records with their ratios to the baseline of the same configuration."""
-    baselines = {_config(r): r for r in records if r["encoding"] == BASELINE and "error" not in r}
-    out = []
-    for record in records:
-        base = baselines.get(_config(record))
-        if base is None or "error" in record:
-            continue
-        peak_ratio = record["peak_rss_mib"] / base["peak_rss_mib"]
-        step_ratio = record["step_peak_mib"] / max(base["step_peak_mib"], 1.0)
-        out.append({**record, "peak_ratio": peak_ratio, "step_ratio": step_ratio})
-    return out
-
-
-def _config(record: dict[str, Any]) -> tuple:
-    return record["shape"], record["length"], record["batch"], record["mode"]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Running a grid and writing the results
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -523,126 +457,6 @@ def write_results(results: dict[str, Any], out_dir: Path, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Markdown
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    """The results as Markdown: machine, targets, a summary per shape, then every measurement."""
-    meta = results["meta"]
-    lines = [
-        f"# hf_posenc benchmark: `{meta['preset']}`",
-        "",
-        f"{meta['date']} (finished {meta.get('finished', 'not yet')}); {meta['cpu']}, {meta['cores']} cores "
-        f"({meta['torch_threads']} torch threads), {meta['memory_gib']} GiB; torch {meta['torch']}, transformers "
-        f"{meta['transformers']}, hf_posenc {meta['hf_posenc']} (git {meta['git_revision']}), "
-        f"Python {meta['python']}.",
-        "",
-        "Ratios are to the unpatched model (learned absolute table, SDPA), fp32. Time: median of paired ratios from "
-        "interleaved rounds in one process (IQR = interquartile range of those ratios). Memory: peak resident set of "
-        "a fresh process per configuration (`VmHWM`), and the step's own part (peak minus the resident set "
-        "before the first step). See `hf_posenc/bench.py` for the method.",
-        "",
-    ]
-    lines += _targets_section(results["targets"])
-    lines += _summary_section(results)
-    lines += _timing_section(results["timing"])
-    lines += _memory_section(results["memory"])
-    lines += _extras_section(results)
-    return "\n".join(lines) + "\n"
-
-
-def _table(header: list[str], rows: Iterable[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _targets_section(targets: list[dict[str, Any]]) -> list[str]:
-    if not targets:
-        return []
-    met = sum(t["met"] for t in targets)
-    rows = [
-        [
-            t["check"],
-            t["encoding"],
-            t["shape"],
-            t["length"],
-            f"{t['ratio']:.2f}",
-            t["limit"],
-            "yes" if t["met"] else "**no**",
-        ]
-        for t in targets
-    ]
-    header = ["check", "encoding", "shape", "L", "ratio", "limit", "met"]
-    return [f"## Targets (issue 6): {met} of {len(targets)} met", "", *_table(header, rows)]
-
-
-def _summary_section(results: dict[str, Any]) -> list[str]:
-    """Per shape, batch 1: forward / train / peak-memory ratios, one column per length."""
-    timing = {(r["shape"], r["length"], r["batch"], r["mode"], r["encoding"]): r for r in results["timing"]}
-    memory = {
-        (r["shape"], r["length"], r["batch"], r["mode"], r["encoding"]): r for r in _memory_ratios(results["memory"])
-    }
-    lines = ["## Summary (batch 1): forward / train / train peak memory, ratio to unpatched", ""]
-    for shape in dict.fromkeys(r["shape"] for r in results["timing"]):
-        lengths = sorted({r["length"] for r in results["timing"] if r["shape"] == shape and r["batch"] == 1})
-        names = list(dict.fromkeys(r["encoding"] for r in results["timing"] if r["shape"] == shape))[1:]
-        rows = [[name] + [_summary_cell(timing, memory, (shape, n, 1), name) for n in lengths] for name in names]
-        lines += [f"**{shape}**", "", *_table(["encoding"] + [f"L={n}" for n in lengths], rows)]
-    return lines
-
-
-def _summary_cell(timing: dict, memory: dict, config: tuple, name: str) -> str:
-    def fmt(record: dict | None, key: str) -> str:
-        return "-" if record is None else f"{record[key]:.2f}"
-
-    forward, train = timing.get((*config, "forward", name)), timing.get((*config, "train", name))
-    return (
-        f"{fmt(forward, 'ratio')} / {fmt(train, 'ratio')} / {fmt(memory.get((*config, 'train', name)), 'peak_ratio')}"
-    )
-
-
-def _timing_section(records: list[dict[str, Any]]) -> list[str]:
-    rows = [
-        [
-            r["shape"], r["length"], r["batch"], r["mode"], r["encoding"], f"{r['median_s']:.3f}",
-            f"{r['ratio']:.2f}", f"{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}", r["reps"], r.get("load_1min", "-"),
-        ]
-        for r in records
-    ]  # fmt: skip
-    header = ["shape", "L", "batch", "mode", "encoding", "median s", "ratio", "IQR", "rounds", "load (1 min)"]
-    return ["## Time", "", *_table(header, rows)] if rows else []
-
-
-def _memory_section(records: list[dict[str, Any]]) -> list[str]:
-    ratios = {(_config(r), r["encoding"]): r for r in _memory_ratios(records)}
-    rows = []
-    for r in records:
-        extra = ratios.get((_config(r), r["encoding"]))
-        if "error" in r:
-            rows.append([*_config(r), r["encoding"], "error", "", "", r["error"]])
-            continue
-        cells = [f"{r['peak_rss_mib']:.0f}", f"{r['step_peak_mib']:.0f}"]
-        cells += [f"{extra['peak_ratio']:.2f}", f"{extra['step_ratio']:.2f}"] if extra else ["-", "-"]
-        rows.append([*_config(r), r["encoding"], *cells])
-    header = ["shape", "L", "batch", "mode", "encoding", "peak MiB", "step MiB", "peak ratio", "step ratio"]
-    return ["## Peak memory (fresh process per row)", "", *_table(header, rows)] if rows else []
-
-
-def _extras_section(results: dict[str, Any]) -> list[str]:
-    lines = []
-    if "patch_seconds" in results:
-        rows = [[name, f"{seconds:.3f}"] for name, seconds in results["patch_seconds"].items()]
-        lines += ["## Patch time (BERT-base shape, median of 3)", "", *_table(["encoding", "seconds"], rows)]
-    if "import" in results:
-        rows = [[label, f"{r['hf_posenc_ms']:.0f}", f"{r['total_ms']:.0f}"] for label, r in results["import"].items()]
-        header = ["`import hf_posenc`", "hf_posenc ms (cumulative)", "all imports ms"]
-        lines += ["## Import time (`python -X importtime`, median of 5 processes)", "", *_table(header, rows)]
-    return lines
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -660,6 +474,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-extras", action="store_true", help="skip patch time and import time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
     parser.add_argument("--name", help="output file stem (default: the preset's name)")
+    parser.add_argument("--render", type=Path, help="only re-render an existing results JSON as Markdown, and exit")
 
 
 def grid_from_args(args: argparse.Namespace) -> Grid:
@@ -684,6 +499,11 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        write_results(results, args.render.parent, args.render.stem)
+        print(f"Wrote {args.render.with_suffix('.md')}")
+        return 0
     grid = grid_from_args(args)
     name = args.name or args.preset
     results = run_grid(grid, args.out, name)

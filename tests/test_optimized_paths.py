@@ -9,6 +9,8 @@ lives in `benchmarks/` (see `hf_posenc.bench`).
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 from tiny_models import tiny_model, token_ids
@@ -16,7 +18,7 @@ from transformers import AttentionInterface
 from transformers.models.t5.modeling_t5 import T5Attention
 
 import hf_posenc
-from hf_posenc import blockwise
+from hf_posenc import bench, bench_report, blockwise
 from hf_posenc.attention import BACKEND, posenc_attention_forward, register_backend
 from hf_posenc.encodings import PositionContext, Positions, StackDims, build_encoding, rotate
 
@@ -286,8 +288,6 @@ def test_patched_model_matches_eager_reference(name, request):
 
 
 def test_bench_times_every_encoding_against_the_baseline(monkeypatch):
-    from hf_posenc import bench
-
     tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=30522)
     monkeypatch.setitem(bench.SHAPES, "tiny", bench.Shape("bert", tiny, 64, 4096, 4096))
     grid = bench.Grid(("tiny",), (80,), (2,), budget_s=0.0, min_reps=3, max_reps=3)
@@ -297,8 +297,6 @@ def test_bench_times_every_encoding_against_the_baseline(monkeypatch):
 
 
 def test_bench_checks_targets_and_renders_markdown():
-    from hf_posenc import bench
-
     def timing(encoding, ratio, mode="forward", length=512):
         return dict(shape="minilm", length=length, batch=1, mode=mode, encoding=encoding, median_s=0.1, ratio=ratio,
                     ratio_q1=ratio, ratio_q3=ratio, reps=3)  # fmt: skip
@@ -317,7 +315,7 @@ def test_bench_checks_targets_and_renders_markdown():
         ],
         "memory": [memory(bench.BASELINE, 1000.0), memory("alibi", 1300.0), memory("t5", 1300.0)],
     }
-    verdicts = {(t["check"], t["encoding"]): t["met"] for t in bench.check_targets(results)}
+    verdicts = {(t["check"], t["encoding"]): t["met"] for t in bench_report.check_targets(results)}
     assert verdicts == {
         ("forward", "alibi"): True,  # 1.08 <= 1.10
         ("forward", "nezha"): False,  # 1.6 > 1.5
@@ -325,8 +323,8 @@ def test_bench_checks_targets_and_renders_markdown():
         ("memory", "alibi"): False,  # 1.3 > 1.2: no learned bias
         ("memory", "t5"): True,  # 1.3 <= 2: a learned bias
     }
-    results["targets"] = bench.check_targets(results)
-    markdown = bench.render_markdown(results)
+    results["targets"] = bench_report.check_targets(results)
+    markdown = bench_report.render_markdown(results)
     assert (
         "## Targets (issue 6): 3 of 5 met" in markdown
         and "| forward | nezha | minilm | 512 | 1.60 | 1.5 | **no** |" in markdown
@@ -334,9 +332,7 @@ def test_bench_checks_targets_and_renders_markdown():
 
 
 def test_bench_refuses_bad_sizes():
-    from hf_posenc import bench
-
-    parser = __import__("argparse").ArgumentParser()
+    parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     with pytest.raises(ValueError, match="Lengths and batch sizes must be >= 1"):
         bench.grid_from_args(parser.parse_args(["--lengths", "0"]))
