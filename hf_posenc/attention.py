@@ -4,6 +4,9 @@ Every attention module of a patched model calls this function (transformers disp
 `config._attn_implementation`). Self-attention modules carry `module._posenc = (encoding, context)`; the function
 applies the encoding and hands the result to transformers' own SDPA function. Cross-attention modules carry nothing and
 go straight to SDPA, position-free. The model's `forward` is never copied.
+
+Terms that SDPA cannot take as they are (a bias that needs gradients or depends on the query, a value term) go to
+`hf_posenc.blockwise`, which keeps SDPA's fused kernel and recomputes the gradients block by block (issue 6).
 """
 
 from __future__ import annotations
