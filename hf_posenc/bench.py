@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .bench_report import BASELINE, check_targets, render_markdown
+from .bench_report import BASELINE, check_targets, config_key, render_markdown
 
 BERT_ENCODINGS = ("learned", "sinusoidal", "t5", "alibi", "rope", "relative_key", "relative_key_query", "nezha")
 BART_ENCODINGS = (*BERT_ENCODINGS, "none")  # `none` is refused on bidirectional stacks: BART's decoder only
@@ -161,8 +161,9 @@ class Case:
 def build_model(shape: str, encoding: str | None, length: int):
     """A randomly initialized model of `shape`, patched with `encoding` (None: the unpatched baseline).
 
-    The baseline and `learned` get a learned table of max(trained_length, length) rows (as if extended); the other
-    encodings are patched into a model with the shape's trained length, as a real checkpoint would be.
+    The baseline and `learned` get a learned table of max(trained_length, length) rows (as if extended), and so does
+    `none`, which replaces BART's decoder table only; the other encodings are patched into a model with the shape's
+    trained length, as a real checkpoint would be.
     """
     import torch
     import transformers
@@ -170,7 +171,7 @@ def build_model(shape: str, encoding: str | None, length: int):
     import hf_posenc
 
     spec = SHAPES[shape]
-    table = max(spec.trained_length, length) if encoding in (None, "learned") else spec.trained_length
+    table = max(spec.trained_length, length) if encoding in (None, "learned", "none") else spec.trained_length
     torch.manual_seed(0)
     if spec.family == "bart":
         config = transformers.BartConfig(**spec.config, max_position_embeddings=table, attention_dropout=0.0)
@@ -407,18 +408,33 @@ def _git_revision() -> str | None:
     return result.stdout.strip() or None
 
 
-def run_grid(grid: Grid, out_dir: Path, name: str, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure `grid`, writing `out_dir/name.json` and `.md` after every configuration (a long run keeps its part)."""
+def run_grid(
+    grid: Grid, out_dir: Path, name: str, log: Callable[[str], None] = print, resume: bool = False
+) -> dict[str, Any]:
+    """Measure `grid`, writing `out_dir/name.json` and `.md` after every configuration (a long run keeps its part).
+
+    With `resume`, configurations already in `out_dir/name.json` are kept and not measured again.
+    """
     _set_threads(grid.threads)
     results: dict[str, Any] = {"meta": {**machine_info(), "preset": name}, "grid": asdict(grid)}
     results.update(timing=[], memory=[], targets=[])
+    if resume and (out_dir / f"{name}.json").exists():
+        earlier = json.loads((out_dir / f"{name}.json").read_text())
+        results.update(timing=earlier["timing"], memory=earlier["memory"])
+        results["meta"]["resumed_from"] = {k: earlier["meta"].get(k) for k in ("date", "git_revision")}
+    done = {config_key(r) for r in results["timing"]}
     for case in grid.cases():
+        if (case.shape, case.length, case.batch, case.mode) in done:
+            continue
         load = os.getloadavg()[0]
         records = time_case(case, grid.encodings_for(case.shape), grid)
         results["timing"] += [{**r, "load_1min": round(load, 2)} for r in records]
         log(f"{case.label()}: " + ", ".join(f"{r['encoding']} {r['ratio']:.2f}" for r in records[1:]))
         write_results(results, out_dir, name)
+    measured = {config_key(r) for r in results["memory"]}
     for case in _memory_cases(grid):
+        if (case.shape, case.length, case.batch, case.mode) in measured:
+            continue
         for encoding in (BASELINE, *grid.encodings_for(case.shape)):
             results["memory"].append(memory_case(case, encoding, grid.threads))
         log(f"{case.label()} memory: done")
@@ -474,6 +490,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-extras", action="store_true", help="skip patch time and import time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
     parser.add_argument("--name", help="output file stem (default: the preset's name)")
+    parser.add_argument("--resume", action="store_true", help="keep the configurations already in the output JSON")
     parser.add_argument("--render", type=Path, help="only re-render an existing results JSON as Markdown, and exit")
 
 
@@ -506,7 +523,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     grid = grid_from_args(args)
     name = args.name or args.preset
-    results = run_grid(grid, args.out, name)
+    results = run_grid(grid, args.out, name, resume=args.resume)
     met = sum(t["met"] for t in results["targets"])
     print(f"Wrote {args.out / name}.json and .md; targets met: {met}/{len(results['targets'])}")
     return 0

@@ -63,10 +63,10 @@ def _check(check: str, record: dict[str, Any], value: float) -> dict[str, Any]:
 
 def _memory_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Memory records with their ratios to the baseline of the same configuration."""
-    baselines = {_config(r): r for r in records if r["encoding"] == BASELINE and "error" not in r}
+    baselines = {config_key(r): r for r in records if r["encoding"] == BASELINE and "error" not in r}
     out = []
     for record in records:
-        base = baselines.get(_config(record))
+        base = baselines.get(config_key(record))
         if base is None or "error" in record:
             continue
         peak_ratio = record["peak_rss_mib"] / base["peak_rss_mib"]
@@ -75,7 +75,7 @@ def _memory_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _config(record: dict[str, Any]) -> tuple:
+def config_key(record: dict[str, Any]) -> tuple:
     return record["shape"], record["length"], record["batch"], record["mode"]
 
 
@@ -173,16 +173,16 @@ def _timing_section(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _memory_section(records: list[dict[str, Any]]) -> list[str]:
-    ratios = {(_config(r), r["encoding"]): r for r in _memory_ratios(records)}
+    ratios = {(config_key(r), r["encoding"]): r for r in _memory_ratios(records)}
     rows = []
     for r in records:
-        extra = ratios.get((_config(r), r["encoding"]))
+        extra = ratios.get((config_key(r), r["encoding"]))
         if "error" in r:
-            rows.append([*_config(r), r["encoding"], "error", "", "", r["error"]])
+            rows.append([*config_key(r), r["encoding"], "error", "", "", r["error"]])
             continue
         cells = [f"{r['peak_rss_mib']:.0f}", f"{r['step_peak_mib']:.0f}"]
         cells += [f"{extra['peak_ratio']:.2f}", f"{extra['step_ratio']:.2f}"] if extra else ["-", "-"]
-        rows.append([*_config(r), r["encoding"], *cells])
+        rows.append([*config_key(r), r["encoding"], *cells])
     header = ["shape", "L", "batch", "mode", "encoding", "peak MiB", "step MiB", "peak ratio", "step ratio"]
     return ["## Peak memory (fresh process per row)", "", *_table(header, rows)] if rows else []
 
