@@ -11,9 +11,12 @@ Method:
 * Time ratios come from one process: all models of a configuration are built, then timed in interleaved rounds (the
   order rotates each round); each round gives one ratio per encoding (its time over the baseline's in that round) and
   the reported ratio is the median of those paired ratios, which slow drifts of a shared machine's load cancel out of.
-* Peak memory comes from a fresh process per configuration and encoding: `VmHWM` (the peak resident set, from
-  /proc/self/status; `ru_maxrss` would keep the forked parent's peak across exec) after two steps, and the same minus
-  the resident set just before the first step (the step's own memory: activations, saved tensors, gradients,
+* On a GPU (`--preset gpu`: bf16, CUDA), each step ends with `torch.cuda.synchronize()`, peak memory is
+  `torch.cuda.max_memory_allocated` in the same process (the allocator's statistics reset per measurement), and one
+  profiled step per model records which SDPA kernel (flash, memory-efficient, cuDNN, math) its attention reached.
+* On the CPU, peak memory comes from a fresh process per configuration and encoding: `VmHWM` (the peak resident set,
+  from /proc/self/status; `ru_maxrss` would keep the forked parent's peak across exec) after two steps, and the same
+  minus the resident set just before the first step (the step's own memory: activations, saved tensors, gradients,
   transient buffers; it excludes the interpreter, the libraries, the weights and the inputs).
 """
 
@@ -103,6 +106,10 @@ class Grid:
     extras: bool = True  # patch time and import time
     threads: int | None = None  # torch threads (None: torch's default, one per core)
     cap_tokens: bool = True
+    token_cap: int | None = None  # one cap on batch * length for every shape and mode (None: each shape's own caps)
+    device: str = "cpu"
+    dtype: str = "float32"
+    kernels: bool = False  # profile one step per model and record the SDPA kernels it reached
 
     def cases(self) -> list[Case]:
         cases = [
@@ -111,7 +118,7 @@ class Grid:
             for batch in self.batches
             for length in self.lengths
             for mode in self.modes
-            if not self.cap_tokens or batch * length <= _cap(shape, mode)
+            if not self.cap_tokens or batch * length <= (self.token_cap or _cap(shape, mode))
         ]
         return sorted(cases, key=lambda c: (c.shape != "minilm", c.batch * c.length, c.shape, c.mode))
 
@@ -137,9 +144,24 @@ PRESETS: dict[str, Grid] = {
         memory_batches=(1,),
     ),
 }
+PRESETS["gpu"] = Grid(
+    ("minilm", "base", "bart"),
+    (512, 2048, 4096),
+    (1, 8),
+    budget_s=1.0,
+    min_reps=5,
+    max_reps=30,
+    memory_batches=(1,),
+    extras=False,
+    token_cap=16384,
+    device="cuda",
+    dtype="bfloat16",
+    kernels=True,
+)
 """`quick`: a smoke test (a few minutes); `targets`: the configurations that issue 6's targets name; `full`: the grid,
 minus configurations past each shape's `max_tokens` / `max_train_tokens` (batch * length); memory in training at
-batch 1, L = 512 and 2048."""
+batch 1, L = 512 and 2048; `gpu`: issue 6's GPU check (CUDA, bf16): time, peak GPU memory and the SDPA kernel of
+every encoding, three shapes, L = 512-4096, batch 1 and 8 (up to 16384 tokens); memory in training at batch 1."""
 
 
 @dataclass(frozen=True)
@@ -158,12 +180,12 @@ class Case:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_model(shape: str, encoding: str | None, length: int):
+def build_model(shape: str, encoding: str | None, length: int, device: str = "cpu", dtype: str = "float32"):
     """A randomly initialized model of `shape`, patched with `encoding` (None: the unpatched baseline).
 
     The baseline and `learned` get a learned table of max(trained_length, length) rows (as if extended), and so does
     `none`, which replaces BART's decoder table only; the other encodings are patched into a model with the shape's
-    trained length, as a real checkpoint would be.
+    trained length, as a real checkpoint would be. The model is built on `device` and cast to `dtype`.
     """
     import torch
     import transformers
@@ -173,14 +195,16 @@ def build_model(shape: str, encoding: str | None, length: int):
     spec = SHAPES[shape]
     table = max(spec.trained_length, length) if encoding in (None, "learned", "none") else spec.trained_length
     torch.manual_seed(0)
-    if spec.family == "bart":
-        config = transformers.BartConfig(**spec.config, max_position_embeddings=table, attention_dropout=0.0)
-        model = transformers.BartModel(config)
-    else:
-        config = transformers.BertConfig(
-            **spec.config, max_position_embeddings=table, attention_probs_dropout_prob=0.0
-        )
-        model = transformers.BertModel(config, add_pooling_layer=False)
+    with torch.device(device):  # initialize where the model runs (much faster on a GPU than building on the CPU)
+        if spec.family == "bart":
+            config = transformers.BartConfig(**spec.config, max_position_embeddings=table, attention_dropout=0.0)
+            model = transformers.BartModel(config)
+        else:
+            config = transformers.BertConfig(
+                **spec.config, max_position_embeddings=table, attention_probs_dropout_prob=0.0
+            )
+            model = transformers.BertModel(config, add_pooling_layer=False)
+    model.to(getattr(torch, dtype))
     model.set_attn_implementation("sdpa")
     if encoding == "none":
         hf_posenc.patch_model(model, decoder="none")
@@ -189,7 +213,7 @@ def build_model(shape: str, encoding: str | None, length: int):
     return model
 
 
-def make_inputs(shape: str, batch: int, length: int) -> dict[str, Any]:
+def make_inputs(shape: str, batch: int, length: int, device: str = "cpu") -> dict[str, Any]:
     """Random token ids without padding (BART: the decoder gets as many tokens as the encoder)."""
     import torch
 
@@ -198,25 +222,62 @@ def make_inputs(shape: str, batch: int, length: int) -> dict[str, Any]:
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if SHAPES[shape].family == "bart":
         inputs["decoder_input_ids"] = torch.randint(5, 30000, (batch, length), generator=generator)
-    return inputs
+    return {name: tensor.to(device) for name, tensor in inputs.items()}
 
 
 def make_step(model, inputs: dict[str, Any], mode: str) -> Callable[[], None]:
-    """One timed unit of work: an inference forward, or a training forward + backward."""
+    """One timed unit of work: an inference forward, or a training forward + backward (finished on a GPU too)."""
     import torch
 
     model.train(mode == "train")
+    on_gpu = next(model.parameters()).is_cuda
 
     def forward() -> None:
         with torch.no_grad():
             model(**inputs)
+        if on_gpu:
+            torch.cuda.synchronize()
 
     def train() -> None:
         hidden = model(**inputs).last_hidden_state
         hidden.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
+        if on_gpu:
+            torch.cuda.synchronize()
 
     return train if mode == "train" else forward
+
+
+SDPA_KERNELS = {
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
+    "_scaled_dot_product_efficient_attention": "efficient",
+    "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_fused_attention_overrideable": "fused",
+    "_scaled_dot_product_attention_math": "math",
+}
+"""The aten operators SDPA dispatches to, by the kernel each stands for; a fused kernel's backward is the same name
+with `_backward`. The math kernel has no backward operator of its own (autograd differentiates its operations)."""
+
+
+def sdpa_kernels(step: Callable[[], None]) -> dict[str, str]:
+    """Which SDPA kernels one run of `step` reached, read off the profiler's operator names.
+
+    Returns `{"forward": ..., "backward": ...}`; the backward is "-" for an inference step, "autograd" when the math
+    kernel ran (its operations are differentiated one by one) and "recompute" when a fused forward had no fused
+    backward: `hf_posenc.blockwise`, whose backward recomputes the probabilities block by block.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step()
+    names = {event.key.removeprefix("aten::") for event in profiler.key_averages()}
+    forward = sorted({label for op, label in SDPA_KERNELS.items() if op in names})
+    backward = sorted({label for op, label in SDPA_KERNELS.items() if op + "_backward" in names})
+    if not any(name.endswith("_backward") or name.endswith("Backward0") for name in names):
+        return {"forward": ", ".join(forward) or "none", "backward": "-"}
+    fallback = "autograd" if "math" in forward else "recompute"
+    return {"forward": ", ".join(forward) or "none", "backward": ", ".join(backward) or fallback}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -227,15 +288,22 @@ def make_step(model, inputs: dict[str, Any], mode: str) -> Callable[[], None]:
 def time_case(case: Case, encodings: Iterable[str], grid: Grid) -> list[dict[str, Any]]:
     """Time the baseline and `encodings` on `case` in interleaved rounds; one record per encoding."""
     names = [BASELINE, *encodings]
-    inputs = make_inputs(case.shape, case.batch, case.length)
-    steps = {n: make_step(build_model(case.shape, _encoding(n), case.length), inputs, case.mode) for n in names}
+    inputs = make_inputs(case.shape, case.batch, case.length, grid.device)
+    steps = {
+        n: make_step(build_model(case.shape, _encoding(n), case.length, grid.device, grid.dtype), inputs, case.mode)
+        for n in names
+    }
     start = time.perf_counter()
     for step in steps.values():  # warm-up: allocator, lazy initialization, memo tables
         step()
     cycle = time.perf_counter() - start
     reps = min(max(int(grid.budget_s / max(cycle, 1e-9)), grid.min_reps), grid.max_reps)
     times = _interleaved(steps, reps)
-    return [_time_record(case, name, times[name], times[BASELINE]) for name in names]
+    records = [_time_record(case, name, times[name], times[BASELINE]) for name in names]
+    if grid.kernels:
+        for record in records:
+            record["kernels"] = sdpa_kernels(steps[record["encoding"]])
+    return records
 
 
 def _encoding(name: str) -> str | None:
@@ -273,8 +341,14 @@ def _time_record(case: Case, name: str, times: list[float], baseline: list[float
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def memory_case(case: Case, encoding: str, threads: int | None = None) -> dict[str, Any]:
-    """Peak resident memory of two steps of `case` with `encoding`, measured in a fresh Python process."""
+def memory_case(case: Case, encoding: str, threads: int | None = None, grid: Grid | None = None) -> dict[str, Any]:
+    """Peak resident memory of two steps of `case` with `encoding`, measured in a fresh Python process (on a GPU:
+    peak allocated GPU memory, in this process)."""
+    if grid is not None and grid.device != "cpu":
+        try:
+            return {**asdict(case), "encoding": encoding, "device": grid.device, **gpu_memory(case, encoding, grid)}
+        except Exception as error:  # noqa: BLE001 - out of memory is a result, recorded like a failed child process
+            return {**asdict(case), "encoding": encoding, "error": f"{type(error).__name__}: {error}"[:300]}
     spec = json.dumps({**asdict(case), "encoding": encoding, "threads": threads})
     code = "import json, sys; from hf_posenc.bench import memory_child; print(json.dumps(memory_child(sys.argv[1])))"
     result = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, check=False)
@@ -299,6 +373,24 @@ def memory_child(spec_json: str) -> dict[str, float]:
         "peak_rss_mib": round(peak, 1),
         "step_peak_mib": round(peak - before, 1),
     }
+
+
+def gpu_memory(case: Case, encoding: str, grid: Grid) -> dict[str, float]:
+    """Peak allocated GPU memory (MiB) of two steps, and the same minus what was allocated before the first step."""
+    import torch
+
+    model = build_model(case.shape, _encoding(encoding), case.length, grid.device, grid.dtype)
+    step = make_step(model, make_inputs(case.shape, case.batch, case.length, grid.device), case.mode)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() / 2**20
+    step()
+    step()
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    del model, step
+    torch.cuda.empty_cache()
+    peaks = {"rss_before_mib": before, "peak_rss_mib": peak, "step_peak_mib": peak - before}
+    return {name: round(value, 1) for name, value in peaks.items()}
 
 
 def _status_mib(field: str) -> float:
@@ -392,7 +484,16 @@ def machine_info() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "hf_posenc": __version__,
         "git_revision": _git_revision(),
+        **_gpu_info(),
     }
+
+
+def _gpu_info() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
 
 
 def _cpu_model() -> str:
@@ -427,16 +528,22 @@ def run_grid(
         if (case.shape, case.length, case.batch, case.mode) in done:
             continue
         load = os.getloadavg()[0]
-        records = time_case(case, grid.encodings_for(case.shape), grid)
+        try:
+            records = time_case(case, grid.encodings_for(case.shape), grid)
+        except Exception as error:  # noqa: BLE001 - one failing configuration must not lose a long run's others
+            results.setdefault("errors", []).append({**asdict(case), "error": f"{type(error).__name__}: {error}"})
+            log(f"{case.label()}: FAILED {type(error).__name__}: {error}")
+            write_results(results, out_dir, name)
+            continue
         results["timing"] += [{**r, "load_1min": round(load, 2)} for r in records]
-        log(f"{case.label()}: " + ", ".join(f"{r['encoding']} {r['ratio']:.2f}" for r in records[1:]))
+        log(f"{case.label()}: " + ", ".join(_log_record(r) for r in records[1:]))
         write_results(results, out_dir, name)
     measured = {config_key(r) for r in results["memory"]}
     for case in _memory_cases(grid):
         if (case.shape, case.length, case.batch, case.mode) in measured:
             continue
         for encoding in (BASELINE, *grid.encodings_for(case.shape)):
-            results["memory"].append(memory_case(case, encoding, grid.threads))
+            results["memory"].append(memory_case(case, encoding, grid.threads, grid))
         log(f"{case.label()} memory: done")
         write_results(results, out_dir, name)
     if grid.extras:
@@ -445,6 +552,11 @@ def run_grid(
     results["meta"]["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     write_results(results, out_dir, name)
     return results
+
+
+def _log_record(record: dict[str, Any]) -> str:
+    kernels = record.get("kernels")
+    return f"{record['encoding']} {record['ratio']:.2f}" + (f" [{kernels['forward']}]" if kernels else "")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -486,6 +598,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encodings", nargs="+", choices=BART_ENCODINGS, help="only these encodings")
     parser.add_argument("--budget", type=float, help="seconds of timing per configuration (sets the rounds)")
     parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    parser.add_argument("--device", help="override the preset's device (cpu, cuda)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="override the preset's dtype")
+    parser.add_argument("--kernels", action="store_true", help="record the SDPA kernel each encoding reaches")
     parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
     parser.add_argument("--no-extras", action="store_true", help="skip patch time and import time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
@@ -505,6 +620,9 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
         "encodings": args.encodings,
         "budget_s": args.budget,
         "threads": args.threads,
+        "device": args.device,
+        "dtype": args.dtype,
+        "kernels": args.kernels or None,
     }
     grid = Grid(**{**asdict(grid), **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v}})
     if args.no_memory:

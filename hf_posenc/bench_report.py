@@ -32,7 +32,12 @@ def limit(check: str, encoding: str) -> float:
 
 
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target that `results` has a measurement for, with the measured ratio and whether it is met."""
+    """Every target that `results` has a measurement for, with the measured ratio and whether it is met.
+
+    The targets are for the CPU in fp32: results measured on another device or in another dtype check none."""
+    grid = results.get("grid", {})
+    if grid.get("device", "cpu") != "cpu" or grid.get("dtype", "float32") != "float32":
+        return []
     checks = []
     for record in results["timing"]:
         if _is_target_case(record) and record["encoding"] != BASELINE:
@@ -86,26 +91,38 @@ def config_key(record: dict[str, Any]) -> tuple:
 
 def render_markdown(results: dict[str, Any]) -> str:
     """The results as Markdown: machine, targets, a summary per shape, then every measurement."""
-    meta = results["meta"]
+    meta, grid = results["meta"], results.get("grid", {})
+    device, dtype = grid.get("device", "cpu"), grid.get("dtype", "float32")
+    gpu = f"{meta['gpu']} (CUDA {meta.get('cuda')}, cuDNN {meta.get('cudnn')}); " if "gpu" in meta else ""
+    memory = (
+        "Memory: peak allocated GPU memory of two steps (`torch.cuda.max_memory_allocated`, statistics reset per "
+        "row), and the step's own part (peak minus what was allocated before the first step)."
+        if device != "cpu"
+        else "Memory: peak resident set of a fresh process per configuration (`VmHWM`), and the step's own part (peak "
+        "minus the resident set before the first step)."
+    )
     lines = [
         f"# hf_posenc benchmark: `{meta['preset']}`",
         "",
-        f"{meta['date']} (finished {meta.get('finished', 'not yet')}); {meta['cpu']}, {meta['cores']} cores "
+        f"{meta['date']} (finished {meta.get('finished', 'not yet')}); {gpu}{meta['cpu']}, {meta['cores']} cores "
         f"({meta['torch_threads']} torch threads), {meta['memory_gib']} GiB; torch {meta['torch']}, transformers "
         f"{meta['transformers']}, hf_posenc {meta['hf_posenc']} (git {meta['git_revision']}), "
         f"Python {meta['python']}.",
         "",
-        "Ratios are to the unpatched model (learned absolute table, SDPA), fp32. Time: median of paired ratios from "
-        "interleaved rounds in one process (IQR = interquartile range of those ratios). Memory: peak resident set of "
-        "a fresh process per configuration (`VmHWM`), and the step's own part (peak minus the resident set "
-        "before the first step). See `hf_posenc/bench.py` for the method.",
+        f"Device {device}, {dtype}. Ratios are to the unpatched model (learned absolute table, SDPA). Time: median "
+        "of paired ratios from interleaved rounds in one process (IQR = interquartile range of those ratios). "
+        f"{memory} See `hf_posenc/bench.py` for the method.",
         "",
     ]
     lines += _targets_section(results["targets"])
     lines += _summary_section(results)
+    lines += _kernels_section(results["timing"])
     lines += _timing_section(results["timing"])
     lines += _memory_section(results["memory"])
     lines += _extras_section(results)
+    if results.get("errors"):
+        rows = [[*config_key(e), e["error"][:200]] for e in results["errors"]]
+        lines += ["## Failed configurations", "", *_table(["shape", "L", "batch", "mode", "error"], rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -160,6 +177,29 @@ def _summary_cell(timing: dict, memory: dict, config: tuple, name: str) -> str:
     )
 
 
+def _kernels_section(records: list[dict[str, Any]]) -> list[str]:
+    """The SDPA kernels each encoding reached, where they were recorded (one row per distinct answer)."""
+    reached: dict[tuple, list[str]] = {}
+    for r in records:
+        if "kernels" in r:
+            key = (r["encoding"], r["mode"], r["kernels"]["forward"], r["kernels"]["backward"])
+            reached.setdefault(key, []).append(f"{r['shape']} L={r['length']} B={r['batch']}")
+    if not reached:
+        return []
+    order = list(dict.fromkeys(r["encoding"] for r in records))
+    keys = sorted(reached, key=lambda key: (key[1], order.index(key[0])))
+    rows = [[*key, ", ".join(reached[key]) if len(reached[key]) <= 2 else f"{len(reached[key])} configurations"]
+            for key in keys]  # fmt: skip
+    header = ["encoding", "mode", "forward kernel", "backward kernel", "where"]
+    note = (
+        "Read off the profiler's operator names (`hf_posenc.bench.sdpa_kernels`). Backward `recompute`: no SDPA "
+        "backward ran; hf_posenc's blockwise attention recomputed the probabilities block by block. `autograd`: the "
+        "math kernel's operations were differentiated one by one. A BART row is the union over its encoder, decoder "
+        "and (position-free) cross-attention."
+    )
+    return ["## SDPA kernels reached", "", note, "", *_table(header, rows)]
+
+
 def _timing_section(records: list[dict[str, Any]]) -> list[str]:
     rows = [
         [
@@ -184,7 +224,8 @@ def _memory_section(records: list[dict[str, Any]]) -> list[str]:
         cells += [f"{extra['peak_ratio']:.2f}", f"{extra['step_ratio']:.2f}"] if extra else ["-", "-"]
         rows.append([*config_key(r), r["encoding"], *cells])
     header = ["shape", "L", "batch", "mode", "encoding", "peak MiB", "step MiB", "peak ratio", "step ratio"]
-    return ["## Peak memory (fresh process per row)", "", *_table(header, rows)] if rows else []
+    where = "GPU, allocated" if any(r.get("device", "cpu") != "cpu" for r in records) else "fresh process per row"
+    return [f"## Peak memory ({where})", "", *_table(header, rows)] if rows else []
 
 
 def _extras_section(results: dict[str, Any]) -> list[str]:

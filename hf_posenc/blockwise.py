@@ -27,6 +27,11 @@ fused kernel efficient; staying under glibc's 32 MiB mmap threshold lets the all
 faulting fresh pages in for every block."""
 BACKWARD_BLOCK_ELEMENTS = 2**21
 """The same for backward, where a few (B, H, rows, K) fp32 tensors (scores, probabilities, their gradients) coexist."""
+GPU_BLOCK_SCALE = 64
+"""On a GPU, kernel launches rather than cache sizes bound a block's cost: blocks 64x larger (2^28 / 2^27 elements,
+1 GiB / 512 MiB in fp32: one or two blocks per layer up to L = 4096 at batch 1) and no row cap for windowed terms.
+With the CPU's block sizes an H100 ran relative_key 11x and NEZHA 33x slower than the unpatched model at L = 2048
+(benchmarks/results/gpu-bf16-cpu-blocks.md), almost all of it launch overhead of the many small blocks."""
 
 
 @dataclass
@@ -87,10 +92,13 @@ class _Call:
     scale: float
     dropout: float
     shape: tuple[int, int, int, int]  # batch, heads, q_len, k_len
+    on_gpu: bool = False
 
     def blocks(self, elements: int, max_rows: int | None = None) -> list[slice]:
         """Consecutive blocks of query rows whose (B, H, rows, K) tensors have about `elements` elements."""
         batch, heads, q_len, k_len = self.shape
+        if self.on_gpu:
+            elements, max_rows = elements * GPU_BLOCK_SCALE, None
         rows = rows_per_block(batch * heads * k_len, elements)
         rows = rows if max_rows is None else max(min(rows, max_rows), 1)
         return [slice(start, min(start + rows, q_len)) for start in range(0, q_len, rows)]
@@ -117,7 +125,7 @@ def blockwise_attention(
     Differentiable in `query`, `key`, `value` and `terms.inputs`. With dropout in a differentiated call, the terms
     are materialized for all rows and autograd keeps them (recomputation would need the dropout mask replayed).
     """
-    call = _Call(terms, attention_mask, causal, scale, dropout, (*query.shape[:3], key.shape[-2]))
+    call = _Call(terms, attention_mask, causal, scale, dropout, (*query.shape[:3], key.shape[-2]), query.is_cuda)
     differentiated = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, *terms.inputs))
     if not differentiated:
         with torch.no_grad():
@@ -162,10 +170,13 @@ class _BandedForward:
     are the softmax over the band's scores times the band's mass (1 minus the rest)."""
 
     def __init__(self, key: torch.Tensor, value: torch.Tensor) -> None:
-        # The fused kernel wants one head size for query, key and value: pad query and key with zeros.
+        # The fused kernel wants one head size for query, key and value, a multiple of 8 for the GPU's fused kernels
+        # (otherwise CUDA's SDPA drops to its math kernel): pad query and key with zeros, the values after the two
+        # indicator columns too.
         self.key, self.head_dim = key, value.shape[-1]
-        self.padded_key = torch.nn.functional.pad(key, (0, 2))
-        self.values = torch.nn.functional.pad(value, (0, 2))
+        self.pad = 2 + (-(self.head_dim + 2)) % 8
+        self.padded_key = torch.nn.functional.pad(key, (0, self.pad))
+        self.values = torch.nn.functional.pad(value, (0, self.pad))
         self.columns = torch.arange(key.shape[-2], device=key.device)
 
     def narrow(self, call: _Call, rows: slice) -> bool:
@@ -176,11 +187,12 @@ class _BandedForward:
 
     def __call__(self, call: _Call, rows: slice, query_rows, merged, state: tuple) -> torch.Tensor:
         lo, hi = call.terms.banded_value.columns(rows)
-        self.values[..., -2] = self.columns < lo
-        self.values[..., -1] = self.columns >= hi
-        padded = torch.nn.functional.pad(query_rows, (0, 2))
+        before, after = self.head_dim, self.head_dim + 1
+        self.values[..., before] = self.columns < lo
+        self.values[..., after] = self.columns >= hi
+        padded = torch.nn.functional.pad(query_rows, (0, self.pad))
         output = _sdpa(padded, self.padded_key, self.values, merged, 0.0, call.scale)
-        outside = output[..., self.head_dim :].float()
+        outside = output[..., before : after + 1].float()
         band_merged = None if merged is None else merged[..., lo:hi]
         scores = _scores(query_rows, self.key[..., lo:hi, :], band_merged, call.scale)
         band_probs = torch.softmax(scores, dim=-1) * (1.0 - outside.sum(-1, keepdim=True)).clamp(min=0.0)

@@ -279,10 +279,10 @@ class SweepConfig:
         return RunConfig
 
     def runs(self) -> list:
-        """One run config per (variant, seed), each with its own output folder under `output_dir/runs`."""
+        """One run config per (seed, variant), each with its own output folder under `output_dir/runs`."""
         runs = []
-        for variant in self.variants:
-            for seed in self.seeds:
+        for seed in self.seeds:  # seed-major: an interrupted sweep has every variant for its first seeds
+            for variant in self.variants:
                 run = self.run_class().from_dict({**self.base, **variant, "seed": seed})
                 run.output_dir = str(Path(self.output_dir) / "runs" / f"{slug(run.variant)}_seed{seed}")
                 runs.append(run)

@@ -336,3 +336,31 @@ def test_bench_refuses_bad_sizes():
     bench.add_arguments(parser)
     with pytest.raises(ValueError, match="Lengths and batch sizes must be >= 1"):
         bench.grid_from_args(parser.parse_args(["--lengths", "0"]))
+
+
+def test_bench_reads_the_sdpa_kernels_off_the_profiler():
+    """The kernel report of the benchmark (its GPU check relies on it): the CPU's fused kernel, hf_posenc's blockwise
+    recompute for a learned query-dependent bias, and the math kernel when attention dropout is on."""
+    ids = token_ids(1, 40)
+
+    def steps(model):
+        def forward():
+            with torch.no_grad():
+                model(input_ids=ids)
+
+        def train():
+            model(input_ids=ids).last_hidden_state.square().mean().backward()
+
+        return forward, train
+
+    forward, train = steps(hf_posenc.patch_model(tiny_model("bert"), "relative_key").train())
+    assert bench.sdpa_kernels(forward) == {"forward": "flash (cpu)", "backward": "-"}
+    assert bench.sdpa_kernels(train) == {"forward": "flash (cpu)", "backward": "recompute"}
+    _, train = steps(hf_posenc.patch_model(tiny_model("bert"), "alibi").train())
+    assert bench.sdpa_kernels(train) == {"forward": "flash (cpu)", "backward": "flash (cpu)"}
+    dropout = tiny_model("bert")
+    dropout.config.attention_probs_dropout_prob = 0.1
+    for layer in dropout.encoder.layer:
+        layer.attention.self.dropout.p = 0.1
+    _, train = steps(hf_posenc.patch_model(dropout, "alibi").train())
+    assert bench.sdpa_kernels(train) == {"forward": "math", "backward": "autograd"}

@@ -265,6 +265,8 @@ def test_sweep_aggregates_seeds_adds_the_baseline_and_draws_the_plot(assets, tmp
             "seeds": [0, 1],
         }
     )
+    order = [(run.variant, run.seed) for run in sweep.runs()]
+    assert order == [("alibi", 0), ("stock", 0), ("alibi", 1), ("stock", 1)]  # seed-major
     summary = run_sweep(sweep)
     assert set(summary["summary"]) == {"alibi", "stock"}
     assert len(summary["summary"]["alibi"]["16"]["accuracy"]) == 2
