@@ -1,7 +1,8 @@
 """Seq2seq length generalization on a small BART (NOT pretrained BART: none is reachable offline).
 
-    python recipes/seq2seq.py --encodings learned sinusoidal t5 alibi rope --task reverse \
-        --train_length 32 --eval_lengths 16 32 64 128 --output_dir recipes/results/seq2seq_quick
+    python recipes/seq2seq.py --encodings learned sinusoidal t5 alibi rope --task copy --train_length 16 \
+        --eval_lengths 16 32 64 --d_model 128 --heads 4 --ffn_dim 512 --no-warm_start --train_examples 19200
+    hf-posenc sweep --config recipes/configs/seq2seq_quick.json    # the committed study (recipes/results/)
 
 Offline tasks `copy` and `reverse` are built from real running text (Wikipedia articles of the gensim wheel): the
 output must reproduce the input span, forwards or backwards, so accuracy depends on finding positions. With the
