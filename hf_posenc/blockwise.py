@@ -170,11 +170,11 @@ class _BandedForward:
     are the softmax over the band's scores times the band's mass (1 minus the rest)."""
 
     def __init__(self, key: torch.Tensor, value: torch.Tensor) -> None:
-        # The fused kernel wants one head size for query, key and value, a multiple of 8 for the GPU's fused kernels
-        # (otherwise CUDA's SDPA drops to its math kernel): pad query and key with zeros, the values after the two
-        # indicator columns too.
+        # The fused kernel wants one head size for query, key and value: pad query and key with zeros. On a GPU the
+        # size must also be a multiple of 8, or CUDA's SDPA drops to its math kernel (seen on an H100); the CPU's
+        # kernel takes any size, and each extra column costs time there.
         self.key, self.head_dim = key, value.shape[-1]
-        self.pad = 2 + (-(self.head_dim + 2)) % 8
+        self.pad = 2 + ((-(self.head_dim + 2)) % 8 if key.is_cuda else 0)
         self.padded_key = torch.nn.functional.pad(key, (0, self.pad))
         self.values = torch.nn.functional.pad(value, (0, self.pad))
         self.columns = torch.arange(key.shape[-2], device=key.device)
