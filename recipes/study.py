@@ -1,6 +1,6 @@
 """The length-generalization study: all-MiniLM-L6-v2 on Pang & Lee reviews, trained at 128 tokens, evaluated to 2048.
 
-    python recipes/study.py --quick   # 7 encodings, 1 seed, small budget: ~20 min on 2 idle CPU cores (40 shared)
+    python recipes/study.py --quick   # 7 encodings, 1 seed, small budget: 11 min on 2 idle CPU cores (measured)
     python recipes/study.py --full    # 3 seeds, all 1200 training reviews, 100 test reviews: about 1.5 h on 2 cores
 
 Encodings: the learned table extended to 2048 by copying, sinusoidal, relative_key (Shaw), t5, alibi, rope, nezha;
@@ -25,7 +25,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def parse_args(argv: list[str] | None = None) -> SweepConfig:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="the default: about 20 minutes on 2 idle CPU cores")
+    preset.add_argument("--quick", action="store_true", help="the default: about 11 minutes on 2 idle CPU cores")
     preset.add_argument("--full", action="store_true", help="3 seeds, all training reviews: about 1.5 h on 2 cores")
     parser.add_argument("--output_dir", help="override the preset's output folder")
     args = parser.parse_args(argv)
