@@ -341,15 +341,15 @@ def _time_record(case: Case, name: str, times: list[float], baseline: list[float
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def memory_case(case: Case, encoding: str, threads: int | None = None, grid: Grid | None = None) -> dict[str, Any]:
+def memory_case(case: Case, encoding: str, grid: Grid) -> dict[str, Any]:
     """Peak resident memory of two steps of `case` with `encoding`, measured in a fresh Python process (on a GPU:
     peak allocated GPU memory, in this process)."""
-    if grid is not None and grid.device != "cpu":
+    if grid.device != "cpu":
         try:
             return {**asdict(case), "encoding": encoding, "device": grid.device, **gpu_memory(case, encoding, grid)}
         except Exception as error:  # noqa: BLE001 - out of memory is a result, recorded like a failed child process
             return {**asdict(case), "encoding": encoding, "error": f"{type(error).__name__}: {error}"[:300]}
-    spec = json.dumps({**asdict(case), "encoding": encoding, "threads": threads})
+    spec = json.dumps({**asdict(case), "encoding": encoding, "threads": grid.threads})
     code = "import json, sys; from hf_posenc.bench import memory_child; print(json.dumps(memory_child(sys.argv[1])))"
     result = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -543,7 +543,7 @@ def run_grid(
         if (case.shape, case.length, case.batch, case.mode) in measured:
             continue
         for encoding in (BASELINE, *grid.encodings_for(case.shape)):
-            results["memory"].append(memory_case(case, encoding, grid.threads, grid))
+            results["memory"].append(memory_case(case, encoding, grid))
         log(f"{case.label()} memory: done")
         write_results(results, out_dir, name)
     if grid.extras:
