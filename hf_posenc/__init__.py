@@ -9,12 +9,23 @@ from .architectures import ARCHITECTURES  # noqa: E402
 from .attention import BACKEND, register_backend  # noqa: E402
 from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding  # noqa: E402
 from .extension import extend_positions, make_portable, set_max_length, update_max_seq_length  # noqa: E402
-from .hub import from_pretrained  # noqa: E402  (importing registers the posenc-<type> model types)
+from .hub import from_pretrained, push_to_hub, read_results, render_model_card, save_for_hub  # noqa: E402
 from .patching import patch_model, patch_spec, plan_patch, unpatch_model  # noqa: E402
-from .publish import push_to_hub, read_results, render_model_card, save_for_hub  # noqa: E402
-from .training import RunConfig, run_classification  # noqa: E402  (recipes; sweeps: hf_posenc.reporting)
 
 register_backend()
+
+_RECIPE_NAMES = ("RunConfig", "run_classification")
+
+
+def __getattr__(name: str):
+    """`hf_posenc.RunConfig` and `hf_posenc.run_classification` live in the recipes layer (the `[recipes]` extra):
+    imported on first use, so `import hf_posenc` needs only the core dependencies."""
+    if name in _RECIPE_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module("hf_posenc.recipes"), name)
+    raise AttributeError(f"module 'hf_posenc' has no attribute {name!r}")
+
 
 __all__ = [
     "ALIASES",

@@ -11,7 +11,12 @@ import argparse
 import importlib
 import sys
 
-CLI_MODULES: tuple[str, ...] = ("hf_posenc.extension", "hf_posenc.hub_cli", "hf_posenc.training", "hf_posenc.bench")
+CLI_MODULES: tuple[str, ...] = (
+    "hf_posenc.extension",
+    "hf_posenc.hub.cli",
+    "hf_posenc.recipes.training",
+    "hf_posenc.bench.harness",
+)
 """Modules that contribute subcommands (`register_cli`)."""
 
 

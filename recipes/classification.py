@@ -5,7 +5,7 @@
 
     python recipes/classification.py --encoding learned --max_length 2048 --mlm_steps 200   # adapt, then fine-tune
 
-Any field of `hf_posenc.training.RunConfig` is an option (`--config file.json` sets many at once). The same run is
+Any `hf_posenc.recipes.training.RunConfig` field is an option (`--config file.json` sets many at once). Same as
 `hf-posenc train ...`. Results: `results.json` (spec, versions, seed, git revision, timings) and `results.md`.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hf_posenc.training import (
+from hf_posenc.recipes.training import (
     RunConfig,
     add_config_arguments,
     classification_dataloaders,
@@ -36,7 +36,7 @@ def get_dataloaders(run: RunConfig, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    # train -> evaluate -> write results: hf_posenc.training.run_classification (fit, evaluate_classification).
+    # train -> evaluate -> write results: hf_posenc.recipes.training.run_classification (fit, evaluate_classification).
     results = run_classification(parse_args(argv), get_dataloaders=get_dataloaders)
     print(f"results in {results['config']['output_dir']}: {results.get('metrics')}")
     return results

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hf_posenc.mlm import run_mlm_adaptation
-from hf_posenc.training import RunConfig, add_config_arguments, config_from_args, run_classification
+from hf_posenc.recipes.mlm import run_mlm_adaptation
+from hf_posenc.recipes.training import RunConfig, add_config_arguments, config_from_args, run_classification
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, bool]:

@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from hf_posenc.reporting import SweepConfig, run_sweep
-from hf_posenc.seq2seq import Seq2SeqConfig, seq2seq_dataloaders
-from hf_posenc.training import add_config_arguments, config_from_args
+from hf_posenc.recipes.reporting import SweepConfig, run_sweep
+from hf_posenc.recipes.seq2seq import Seq2SeqConfig, seq2seq_dataloaders
+from hf_posenc.recipes.training import add_config_arguments, config_from_args
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Seq2SeqConfig, list[str], list[int]]:

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from hf_posenc.reporting import SweepConfig, run_sweep
+from hf_posenc.recipes.reporting import SweepConfig, run_sweep
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

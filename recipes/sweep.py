@@ -3,7 +3,7 @@
     python recipes/sweep.py --config recipes/configs/study_quick.json
     accelerate launch recipes/sweep.py --config recipes/configs/study_full.json
 
-The config is a `hf_posenc.reporting.SweepConfig` as JSON: `base` (run fields shared by all), `variants` (run fields
+The config is a `hf_posenc.recipes.reporting.SweepConfig` in JSON: `base` (fields shared by all), `variants` (fields
 per line of the table), `seeds`, `baseline` (TF-IDF + logistic regression), `metric`. Finished runs are reused, so
 an interrupted sweep continues where it stopped. Same as `hf-posenc sweep --config ...`.
 """
@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from hf_posenc.reporting import SweepConfig, run_sweep
-from hf_posenc.training import classification_dataloaders
+from hf_posenc.recipes.reporting import SweepConfig, run_sweep
+from hf_posenc.recipes.training import classification_dataloaders
 
 
 def parse_args(argv: list[str] | None = None) -> SweepConfig:

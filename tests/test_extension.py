@@ -566,7 +566,7 @@ def test_update_max_seq_length(tmp_path):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from hf_posenc.data import minilm_checkpoint
+    from hf_posenc.recipes.data import minilm_checkpoint
 
     return minilm_checkpoint()
 

@@ -20,8 +20,7 @@ import hf_posenc
 from hf_posenc import cli
 from hf_posenc.architectures import ARCHITECTURES
 from hf_posenc.encodings import ENCODINGS
-from hf_posenc.hub import TRIPWIRE
-from hf_posenc.publish import PushError
+from hf_posenc.hub import TRIPWIRE, PushError
 
 ENCODER_ENCODINGS = sorted(name for name, cls in ENCODINGS.items() if cls.kind != "none")
 DECODER_INPUT_LENGTH = 7
@@ -118,7 +117,7 @@ def test_round_trip_keeps_task_heads_and_auto_classes_load_them(tmp_path, model_
     model = patched(model_type, "t5" if model_type == "bart" else "rope", head)
     folder = save(model, tmp_path)
     assert_identical(model, hf_posenc.from_pretrained(folder))
-    auto = getattr(tf, hf_posenc.publish.auto_class_name(model))
+    auto = getattr(tf, hf_posenc.hub.publish.auto_class_name(model))
     assert_identical(model, auto.from_pretrained(folder))  # the ordinary transformers way, after `import hf_posenc`
 
 
@@ -471,7 +470,7 @@ def test_folders_that_are_not_checkpoints(tmp_path):
 
 
 def run_results(encoding: str, seed: int = 0, accuracy: float = 0.7) -> dict:
-    """A results.json as `hf-posenc train` writes it (hf_posenc.training.run_classification)."""
+    """A results.json as `hf-posenc train` writes it (hf_posenc.recipes.training.run_classification)."""
     return {
         "kind": "classification",
         "variant": encoding,
@@ -583,10 +582,10 @@ def test_push_uploads_a_folder_that_reloads_exactly(hub):
 
 
 def test_push_a_recipe_trained_model_with_its_results_file(hub, tmp_path):
-    """End to end with the real recipe: train (hf_posenc.training), push with the results.json it wrote, reload."""
+    """End to end with the real recipe: train (hf_posenc.recipes), push with the results.json it wrote, reload."""
     from recipe_fixtures import make_reviews_csv, make_tiny_bert
 
-    from hf_posenc.training import RunConfig, run_classification
+    from hf_posenc.recipes.training import RunConfig, run_classification
 
     run = RunConfig(model=str(make_tiny_bert(tmp_path / "bert")), dataset=str(make_reviews_csv(tmp_path / "r.csv")),
                     encoding="alibi", train_length=32, eval_lengths=[32, 64, 128], epochs=1, batch_size=8,
@@ -705,7 +704,7 @@ def test_cli_errors(checkpoint, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_minilm_round_trip(tmp_path):
-    from hf_posenc.data import minilm_checkpoint
+    from hf_posenc.recipes.data import minilm_checkpoint
 
     folder = minilm_checkpoint()
     model = tf.AutoModel.from_pretrained(folder).eval()

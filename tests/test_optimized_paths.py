@@ -18,7 +18,7 @@ from transformers import AttentionInterface
 from transformers.models.t5.modeling_t5 import T5Attention
 
 import hf_posenc
-from hf_posenc import bench, bench_report, blockwise
+from hf_posenc import bench, blockwise
 from hf_posenc.attention import BACKEND, posenc_attention_forward, register_backend
 from hf_posenc.encodings import PositionContext, Positions, StackDims, build_encoding, rotate
 
@@ -315,7 +315,7 @@ def test_bench_checks_targets_and_renders_markdown():
         ],
         "memory": [memory(bench.BASELINE, 1000.0), memory("alibi", 1300.0), memory("t5", 1300.0)],
     }
-    verdicts = {(t["check"], t["encoding"]): t["met"] for t in bench_report.check_targets(results)}
+    verdicts = {(t["check"], t["encoding"]): t["met"] for t in bench.check_targets(results)}
     assert verdicts == {
         ("forward", "alibi"): True,  # 1.08 <= 1.10
         ("forward", "nezha"): False,  # 1.6 > 1.5
@@ -323,8 +323,8 @@ def test_bench_checks_targets_and_renders_markdown():
         ("memory", "alibi"): False,  # 1.3 > 1.2: no learned bias
         ("memory", "t5"): True,  # 1.3 <= 2: a learned bias
     }
-    results["targets"] = bench_report.check_targets(results)
-    markdown = bench_report.render_markdown(results)
+    results["targets"] = bench.check_targets(results)
+    markdown = bench.render_markdown(results)
     assert (
         "## Targets (issue 6): 3 of 5 met" in markdown
         and "| forward | nezha | minilm | 512 | 1.60 | 1.5 | **no** |" in markdown

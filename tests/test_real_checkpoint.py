@@ -19,7 +19,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def checkpoint():
-    from hf_posenc.data import minilm_checkpoint
+    from hf_posenc.recipes.data import minilm_checkpoint
 
     return minilm_checkpoint()
 

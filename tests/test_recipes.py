@@ -18,8 +18,8 @@ import torch
 from recipe_fixtures import make_reviews_csv, make_running_text, make_tiny_bert
 
 from hf_posenc import cli
-from hf_posenc.reporting import SweepConfig, run_sweep
-from hf_posenc.training import RunConfig, classification_dataloaders, load_adapted_encoder, run_classification
+from hf_posenc.recipes.reporting import SweepConfig, run_sweep
+from hf_posenc.recipes.training import RunConfig, classification_dataloaders, load_adapted_encoder, run_classification
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -213,7 +213,7 @@ def test_mlm_adaptation_learns_and_chains_into_classification(assets, tmp_path):
 def test_masked_positions_head_gives_the_full_models_loss(assets):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from hf_posenc.mlm import MaskedPositionsMLM, mask_tokens
+    from hf_posenc.recipes.mlm import MaskedPositionsMLM, mask_tokens
 
     model = AutoModelForMaskedLM.from_pretrained(assets["bert"]).eval()
     wrapped = MaskedPositionsMLM(model)
@@ -303,7 +303,7 @@ def test_seq2seq_recipe_marks_results_as_not_pretrained_bart(assets, tmp_path):
 
 
 def test_seq2seq_task_from_a_local_file(assets, tmp_path):
-    from hf_posenc.seq2seq import Seq2SeqConfig, run_seq2seq
+    from hf_posenc.recipes.seq2seq import Seq2SeqConfig, run_seq2seq
 
     pairs = tmp_path / "pairs.csv"
     words = [f"w{i}" for i in range(40)]

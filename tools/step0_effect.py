@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import hf_posenc
-from hf_posenc.data import load_text_classification, minilm_checkpoint
+from hf_posenc.recipes.data import load_text_classification, minilm_checkpoint
 
 CASES = [
     ("learned", {}),

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .bench_report import BASELINE, check_targets, config_key, render_markdown
+from .report import BASELINE, check_targets, config_key, render_markdown
 
 BERT_ENCODINGS = ("learned", "sinusoidal", "t5", "alibi", "rope", "relative_key", "relative_key_query", "nezha")
 BART_ENCODINGS = (*BERT_ENCODINGS, "none")  # `none` is refused on bidirectional stacks: BART's decoder only
@@ -470,7 +470,7 @@ def machine_info() -> dict[str, Any]:
     import torch
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .architectures import ARCHITECTURES, row_offset
-from .encodings import ENCODINGS
-from .hub import (
+from ..architectures import ARCHITECTURES, row_offset
+from ..encodings import ENCODINGS
+from ..patching import patch_model, patch_spec
+from .loading import (
     CONFIG_KEY,
     LoadPlan,
     from_pretrained,
@@ -25,7 +26,6 @@ from .hub import (
     saved_architecture,
     weight_files,
 )
-from .patching import patch_model, patch_spec
 
 # ---------------------------------------------------------------------------------------------------------------------
 # inspect: what a checkpoint is, from its config and safetensors header (no model is built)
@@ -142,7 +142,7 @@ def tokenizer_of(checkpoint: str | os.PathLike):
 
 
 def _cli_patch(args: argparse.Namespace) -> int:
-    from .data import resolve_checkpoint
+    from ..recipes.data import resolve_checkpoint
 
     options = dict(parse_option(o) for o in args.option)
     requests = {}

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .architectures import ARCHITECTURES
-from .hub import LoadPlan, saved_architecture
+from ..architectures import ARCHITECTURES
+from .loading import LoadPlan, saved_architecture
 
 RELATIVE_TYPES = ("relative_key", "relative_key_query")
 BERT_LIKE = tuple(t for t, spec in ARCHITECTURES.items() if spec.stacks[0].self_attention == "attention.self")

@@ -49,10 +49,10 @@ from transformers.models.auto import modeling_auto
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from . import __version__
-from .architectures import ARCHITECTURES, architecture_for, get_submodule, row_offset
-from .encodings import ENCODINGS, option_defaults
-from .patching import CONFIG_KEY, PositionTable, _remember_hook, grow_length_buffers, patch_model, patch_spec
+from .. import __version__
+from ..architectures import ARCHITECTURES, architecture_for, get_submodule, row_offset
+from ..encodings import ENCODINGS, option_defaults
+from ..patching import CONFIG_KEY, PositionTable, _remember_hook, grow_length_buffers, patch_model, patch_spec
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _hook_config_class(config_class: type[PreTrainedConfig]) -> None:
     def save_pretrained(self, save_directory, *args, **kwargs):
         if getattr(self, CONFIG_KEY, None) and not is_portable(self.to_dict()):  # before the original (may push)
             os.makedirs(save_directory, exist_ok=True)
-            shutil.copyfile(Path(__file__).with_name(LOADER_FILE), Path(save_directory) / LOADER_FILE)
+            shutil.copyfile(Path(__file__).parent.parent / LOADER_FILE, Path(save_directory) / LOADER_FILE)
         return original_save(self, save_directory, *args, **kwargs)
 
     @functools.wraps(original_from_pretrained)
@@ -593,7 +593,7 @@ def _merged_record(rebuilt: dict[str, Any], recorded: dict[str, Any]) -> dict[st
 
 def _install_position_map(model: PreTrainedModel, stack, entry: dict[str, Any]) -> None:
     """Re-install `hf_posenc.extension`'s position map of a `learned` stack (LongEmbed's recurrent / grouped ids)."""
-    from .extension import PositionMap
+    from ..extension import PositionMap
 
     table, offset = model.base_model.get_submodule(stack.table), row_offset(stack, model.config)
     options = entry["options"]

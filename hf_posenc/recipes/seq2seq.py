@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .patching import patch_model, patch_spec
+from ..patching import patch_model, patch_spec
 from .training import fit, make_accelerator, special_tokens
 
 NOT_PRETRAINED = (

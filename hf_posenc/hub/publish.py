@@ -17,11 +17,11 @@ from typing import Any
 
 from torch import nn
 
-from . import __version__
-from .architectures import architecture_for, get_submodule, row_offset
-from .encodings import ENCODINGS
-from .hub import POSENC_PREFIX, auto_targets
-from .patching import patch_spec
+from .. import __version__
+from ..architectures import architecture_for, get_submodule, row_offset
+from ..encodings import ENCODINGS
+from ..patching import patch_spec
+from .loading import POSENC_PREFIX, auto_targets
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Recipe results: the minimal schema the model card reads
@@ -210,7 +210,7 @@ def render_model_card(
 
 def _hub_id(name: Any) -> str | None:
     """A Hub model id, or None for local paths and names that are not ids (all-MiniLM-L6-v2 gets its namespace)."""
-    from .data import MINILM_NAMES
+    from ..recipes.data import MINILM_NAMES
 
     if not _is_id(name):
         return None
@@ -397,7 +397,7 @@ def _limitations(model, spec, parsed: RecipeResults) -> str:
 def _citations(spec, datasets: list[str]) -> str:
     items = [ENCODINGS[e["encoding"]].citation for e in spec["stacks"].values()]
     try:
-        from .data import DATASET_ALIASES, OFFLINE_DATASETS
+        from ..recipes.data import DATASET_ALIASES, OFFLINE_DATASETS
 
         for name in datasets:
             entry = OFFLINE_DATASETS.get(DATASET_ALIASES.get(name, name))
