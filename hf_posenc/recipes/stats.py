@@ -390,7 +390,8 @@ def cell_interval(
     _check_options(n_resamples, level)
     prepared = _prepare(data, metric)
     rng = np.random.default_rng(seed)
-    if prepared.n_seeds == 1:
+    # scipy.stats.bootstrap refuses a single observation; the hierarchical code handles it (a degenerate interval).
+    if prepared.n_seeds == 1 and prepared.n_docs > 1:
         result = _scipy_bootstrap([prepared], n_resamples, level, rng)
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     else:
@@ -405,15 +406,16 @@ def _seed_alignment(n_variant: int, n_baseline: int, variant_seeds, baseline_see
         # Without seed values, equal counts are taken as the same seeds in the same order (how the study's sweeps
         # store runs); a one-seed side (a deterministic baseline) is never "paired": there is nothing to resample.
         return list(range(n_variant)) if n_variant == n_baseline > 1 else None
-    if variant_seeds is None or baseline_seeds is None:
-        return None
-    variant_seeds, baseline_seeds = list(variant_seeds), list(baseline_seeds)
+    variant_seeds = None if variant_seeds is None else list(variant_seeds)
+    baseline_seeds = None if baseline_seeds is None else list(baseline_seeds)
     for seeds, count, name in ((variant_seeds, n_variant, "variant"), (baseline_seeds, n_baseline, "baseline")):
+        if seeds is None:
+            continue
         if len(seeds) != count:
             raise ValueError(f"{name}_seeds lists {len(seeds)} seeds but the {name} data has {count} rows.")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{name}_seeds has repeated seeds: {seeds}.")
-    if set(variant_seeds) != set(baseline_seeds) or n_variant == 1:
+    if variant_seeds is None or baseline_seeds is None or set(variant_seeds) != set(baseline_seeds) or n_variant == 1:
         return None
     return [baseline_seeds.index(seed) for seed in variant_seeds]
 
@@ -482,7 +484,7 @@ def paired_difference(
         baseline_data = _reorder(baseline_data, order)
     rng = np.random.default_rng(seed)
     estimate = _estimate(variant_data) - _estimate(baseline_data)
-    if variant_data.n_seeds == baseline_data.n_seeds == 1:
+    if variant_data.n_seeds == baseline_data.n_seeds == 1 and variant_data.n_docs > 1:
         result = _scipy_bootstrap([variant_data, baseline_data], n_resamples, level, rng)
         distribution = np.asarray(result.bootstrap_distribution)
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
