@@ -24,15 +24,21 @@ correctness); `"macro_f1"` needs pairs and matches `sklearn.metrics.f1_score(ave
 present in the labels or predictions of the run, as sklearn does). The estimate of a cell is the mean over seeds of
 the per-seed metric, which is what the study's tables report. Deterministic baselines (TF-IDF) are one seed.
 
+Seeds and documents are crossed (every seed reads every document), not nested, so seeds and documents are resampled
+independently of each other; Owen (2007) shows this "pigeonhole" bootstrap of a crossed design is mildly conservative
+(it counts the seed x document interaction twice), which errs on the side of calling fewer differences.
+
 References: Efron & Tibshirani (1993), "An Introduction to the Bootstrap", ch. 13 (percentile interval) and ch. 16
-(bootstrap tests); Davison & Hinkley (1997), "Bootstrap Methods and their Application", sec. 3.8 (hierarchical data:
-resample the top level, then the lower level); Koehn (2004), "Statistical Significance Tests for Machine Translation
-Evaluation" (paired bootstrap over test items); Bouthillier et al. (2021), "Accounting for Variance in Machine
-Learning Benchmarks" (seeds and test-set sampling as two sources of variance).
+(bootstrap tests); Davison & Hinkley (1997), "Bootstrap Methods and their Application", sec. 3.8 (resampling
+hierarchical data) and sec. 4.4 (bootstrap p-values); Owen (2007), "The pigeonhole bootstrap", Annals of Applied
+Statistics 1(2); Koehn (2004), "Statistical Significance Tests for Machine Translation Evaluation" (paired bootstrap
+over test items); Bouthillier et al. (2021), "Accounting for Variance in Machine Learning Benchmarks" (seeds and
+test-set sampling as two sources of variance).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,6 +340,10 @@ def _scipy_statistic(sides: list[_Data]):
     return statistic
 
 
+# scipy 1.15 renamed `random_state` to `rng`; older releases (scikit-learn 1.3 allows them) only know the former.
+_RNG_KEYWORD = "rng" if "rng" in inspect.signature(scipy_stats.bootstrap).parameters else "random_state"
+
+
 def _scipy_bootstrap(sides: list[_Data], n_resamples: int, level: float, rng: np.random.Generator):
     """Single-level (every side one seed) percentile bootstrap with scipy, documents resampled jointly (paired)."""
     arrays: list[np.ndarray] = []
@@ -347,7 +357,7 @@ def _scipy_bootstrap(sides: list[_Data], n_resamples: int, level: float, rng: np
         paired=True,
         confidence_level=level,
         method="percentile",
-        rng=rng,
+        **{_RNG_KEYWORD: rng},
     )
 
 
