@@ -26,7 +26,8 @@ the per-seed metric, which is what the study's tables report. Deterministic base
 
 Seeds and documents are crossed (every seed reads every document), not nested, so seeds and documents are resampled
 independently of each other; Owen (2007) shows this "pigeonhole" bootstrap of a crossed design is mildly conservative
-(it counts the seed x document interaction twice), which errs on the side of calling fewer differences.
+(its variance counts the seed x document interaction term about three times instead of once), which errs on the side
+of calling fewer differences.
 
 References: Efron & Tibshirani (1993), "An Introduction to the Bootstrap", ch. 13 (percentile interval) and ch. 16
 (bootstrap tests); Davison & Hinkley (1997), "Bootstrap Methods and their Application", sec. 3.8 (resampling
@@ -380,6 +381,12 @@ def cell_interval(
     for every seed (all seeds evaluate the same test documents, so their errors are correlated through the documents),
     and takes the mean over the drawn seeds of each seed's metric on the drawn documents. With one seed this is the
     ordinary bootstrap over documents, done by `scipy.stats.bootstrap(method="percentile")`.
+
+    Three seeds make a coarse top level: a bootstrap of 3 values underestimates their variance (by (n-1)/n, and the
+    resampled mean takes only 10 values). In a simulation (logistic model, 300 documents of N(0, 1) difficulty, 3 seeds
+    with a N(0, sd) logit offset, 300 repetitions) the 95% interval covered the population accuracy 99% of the time
+    with sd 0, 91% with sd 0.3 and 81% with sd 0.6: conservative when seeds agree, too narrow when they disagree a
+    lot. Where the seeds' spread is large, more seeds are the remedy, not a wider level.
 
     Args:
         data (`array-like` or `tuple`): Per-document values `(n_docs,)` / `(n_seeds, n_docs)`, or a
