@@ -40,7 +40,7 @@ test-set sampling as two sources of variance).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -316,7 +316,7 @@ def _percentile_bounds(distribution: np.ndarray, level: float) -> tuple[float, f
     return float(low), float(high)
 
 
-def _scipy_statistic(sides: list[_Data]):
+def _scipy_statistic(sides: list[_Data]) -> Callable[..., np.ndarray]:
     """A vectorized statistic for `scipy.stats.bootstrap` over the 1-D arrays of single-seed sides: the first side's
     metric minus the others' (one side: the metric itself)."""
 
@@ -345,7 +345,7 @@ def _scipy_statistic(sides: list[_Data]):
 _RNG_KEYWORD = "rng" if "rng" in inspect.signature(scipy_stats.bootstrap).parameters else "random_state"
 
 
-def _scipy_bootstrap(sides: list[_Data], n_resamples: int, level: float, rng: np.random.Generator):
+def _scipy_bootstrap(sides: list[_Data], n_resamples: int, level: float, rng: np.random.Generator) -> Any:
     """Single-level (every side one seed) percentile bootstrap with scipy, documents resampled jointly (paired)."""
     arrays: list[np.ndarray] = []
     for side in sides:
