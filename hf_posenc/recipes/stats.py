@@ -417,7 +417,9 @@ def cell_interval(
     return Interval(_estimate(prepared), low, high, level, prepared.n_seeds, prepared.n_docs)
 
 
-def _seed_alignment(n_variant: int, n_baseline: int, variant_seeds, baseline_seeds) -> list[int] | None:
+def _seed_alignment(
+    n_variant: int, n_baseline: int, variant_seeds: Iterable[int] | None, baseline_seeds: Iterable[int] | None
+) -> list[int] | None:
     """Row order of the baseline that pairs it with the variant's seeds, or None when the seeds cannot be paired."""
     if variant_seeds is None and baseline_seeds is None:
         # Without seed values, equal counts are taken as the same seeds in the same order (how the study's sweeps
