@@ -210,6 +210,10 @@ def _check(condition: bool, message: str) -> None:
 
 RELATIVE_INITS = ("auto", "normal", "zeros")
 
+MAX_POSITIONS = 2**20
+"""Largest distance, bucket count, length or group size an option may name: a million positions is past any context
+these models run, tables of that many rows take gigabytes, and larger ints overflow torch's sizes and Python floats."""
+
 MAX_BASE = 1e12
 """Largest sinusoid / RoPE base: past it every frequency but the first is below 1e-12 per token in fp32 (no position
 signal left), and NTK's rescaled base would overflow a float."""
@@ -276,7 +280,7 @@ class LearnedAbsolute(PositionEncoding):
         init = check_choice(self.name, "init", init, EXTENSION_INITS)
         # --- issue 3 (extension): position maps ---
         position_ids = check_choice(self.name, "position_ids", position_ids, POSITION_ID_MAPS, optional=True)
-        group_size = check_optional_int(self.name, "group_size", group_size, low=2)
+        group_size = check_optional_int(self.name, "group_size", group_size, low=2, high=MAX_POSITIONS)
         _check(group_size is None or position_ids == "grouped", "group_size only applies to position_ids='grouped'.")
         self.position_ids, self.group_size = position_ids, group_size
         # --- end issue 3 ---
@@ -369,7 +373,7 @@ class ShawRelativeKey(RelativeEncoding):
 
     def __init__(self, dims: StackDims, *, max_distance: int | None = None, init: str = "auto") -> None:
         super().__init__(dims)
-        max_distance = check_optional_int(self.name, "max_distance", max_distance, low=1)
+        max_distance = check_optional_int(self.name, "max_distance", max_distance, low=1, high=MAX_POSITIONS)
         max_distance = dims.max_length - 1 if max_distance is None else max_distance
         self.max_distance, self.init = max_distance, _check_init(self.name, init)
         self.distance_embedding = nn.Embedding(2 * max_distance + 1, dims.head_dim)
@@ -425,7 +429,7 @@ class NezhaFunctionalRelative(RelativeEncoding):
 
     def __init__(self, dims: StackDims, *, max_distance: int = 64) -> None:
         super().__init__(dims)
-        self.max_distance = check_int(self.name, "max_distance", max_distance, low=1)
+        self.max_distance = check_int(self.name, "max_distance", max_distance, low=1, high=MAX_POSITIONS)
         self._register_derived_tables()
 
     def derived_tables(self) -> dict[str, torch.Tensor]:
@@ -485,8 +489,8 @@ class T5RelativeBias(RelativeEncoding):
         super().__init__(dims)
         # Half the buckets (a quarter in encoders) are exact distances; the log-spaced rest need max_distance past
         # them.
-        num_buckets = check_int(self.name, "num_buckets", num_buckets, low=4)
-        max_distance = check_int(self.name, "max_distance", max_distance, low=num_buckets // 2 + 1)
+        num_buckets = check_int(self.name, "num_buckets", num_buckets, low=4, high=MAX_POSITIONS)
+        max_distance = check_int(self.name, "max_distance", max_distance, low=num_buckets // 2 + 1, high=MAX_POSITIONS)
         self.num_buckets, self.max_distance, self.init = num_buckets, max_distance, _check_init(self.name, init)
         self.relative_attention_bias = nn.Embedding(num_buckets, dims.num_heads)
         self.reset_parameters(init)
@@ -656,7 +660,9 @@ class RotaryEncoding(RelativeEncoding):
         self.factor = check_finite_float(name, "factor", factor, low=1.0, high=1e6)
         _check(scaling is None or self.factor > 1, f"scaling={scaling!r} needs factor > 1, got {factor!r}.")
         _check(scaling != "ntk" or dims.head_dim > 2, f"scaling='ntk' needs a head_dim > 2, got {dims.head_dim}.")
-        original_max_length = check_optional_int(name, "original_max_length", original_max_length, low=1)
+        original_max_length = check_optional_int(
+            name, "original_max_length", original_max_length, low=1, high=MAX_POSITIONS
+        )
         self.original_max_length = dims.max_length if original_max_length is None else original_max_length
         self.attention_factor = self._inv_freq()[1]
         self._register_derived_tables()

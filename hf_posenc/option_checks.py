@@ -23,12 +23,16 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _number(bound) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
 def _range_text(low, high, low_open: bool = False, high_open: bool = False) -> str:
     parts = []
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
+        parts.append(f"{'>' if low_open else '>='} {_number(low)}")
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
+        parts.append(f"{'<' if high_open else '<='} {_number(high)}")
     return " and ".join(parts)
 
 

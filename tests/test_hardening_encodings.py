@@ -214,6 +214,12 @@ REFUSED = [
     ("relative_key_query", {"max_distance": 2.5}, "max_distance", TypeError),
     ("nezha", {"max_distance": False}, "max_distance", TypeError),
     ("nezha", {"max_distance": -1}, "max_distance", ValueError),
+    ("nezha", {"max_distance": 2**70}, "max_distance", ValueError),  # overflowed torch's sizes
+    ("relative_key", {"max_distance": 2**70}, "max_distance", ValueError),
+    ("t5", {"num_buckets": 2**70, "max_distance": 2**71}, "num_buckets", ValueError),
+    ("rope", {"scaling": "yarn", "factor": 2.0, "original_max_length": 10**400}, "original_max_length", ValueError),
+    ("learned", {"group_size": 2**70, "position_ids": "grouped", "max_length": 128}, "group_size", ValueError),
+    ("rope", {"scaling": "ntk", "factor": 1e200}, "factor", ValueError),  # NTK's power of it overflowed a float
     ("learned", {"group_size": True, "position_ids": "grouped", "max_length": 128}, "group_size", TypeError),
     ("learned", {"init": 0}, "init", TypeError),
     ("alibi", {"keep_absolute": "yes"}, "keep_absolute", TypeError),
