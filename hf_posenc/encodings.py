@@ -303,7 +303,7 @@ class SinusoidalAbsolute(PositionEncoding):
     def __init__(self, dims: StackDims, *, base: float = 10000.0, scale: float | str = "auto") -> None:
         super().__init__(dims)
         self.base = check_finite_float(self.name, "base", base, low=1.0, high=MAX_BASE, low_open=True)
-        # The table is added to token embeddings of order one: a scale past 100 drowns them and overflows fp16.
+        # The table is added to token embeddings of order one: a scale past 100 would drown them.
         if not (isinstance(scale, str) and scale == "auto"):
             scale = check_finite_float(self.name, "scale", scale, low=0.0, high=100.0, low_open=True)
         self.scale = scale
@@ -656,7 +656,7 @@ class RotaryEncoding(RelativeEncoding):
         name = self.name
         self.base = check_finite_float(name, "base", base, low=1.0, high=MAX_BASE, low_open=True)
         self.scaling = check_choice(name, "scaling", scaling, ROPE_SCALINGS)
-        # 1e6 times the trained length is past any real context; NTK raises the factor to a power near 1 + 2 / dim.
+        # 1e6 times the trained length is past any real context, and NTK's factor ** (dim / (dim - 2)) stays a float.
         self.factor = check_finite_float(name, "factor", factor, low=1.0, high=1e6)
         _check(scaling is None or self.factor > 1, f"scaling={scaling!r} needs factor > 1, got {factor!r}.")
         _check(scaling != "ntk" or dims.head_dim > 2, f"scaling='ntk' needs a head_dim > 2, got {dims.head_dim}.")
