@@ -258,8 +258,10 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _masked(scores: torch.Tensor, additive: torch.Tensor) -> torch.Tensor:
+    # The fill is the scores' own minimum: under autocast `bmm` returns bf16 / fp16 scores even from fp32 inputs, and
+    # the fp32 minimum does not fit those.
     if additive.dtype == torch.bool:
-        return scores.masked_fill(~additive, torch.finfo(torch.float32).min)
+        return scores.masked_fill(~additive, torch.finfo(scores.dtype).min)
     return scores + additive.float()
 
 

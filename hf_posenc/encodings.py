@@ -26,6 +26,7 @@ from torch import nn
 
 from . import relative_terms as terms
 from .blockwise import BandedValue, RowTerms
+from .option_checks import check_bool, check_choice, check_finite_float, check_int, check_optional_int
 
 ENCODINGS: dict[str, type[PositionEncoding]] = {}
 """Canonical encoding name -> class. Filled by `register_encoding`."""
@@ -207,8 +208,19 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _check_init(init: str) -> None:
-    _check(init in ("auto", "normal", "zeros"), f"init must be one of 'auto', 'normal', 'zeros', got {init!r}.")
+RELATIVE_INITS = ("auto", "normal", "zeros")
+
+MAX_POSITIONS = 2**20
+"""Largest distance, bucket count, length or group size an option may name: a million positions is past any context
+these models run, tables of that many rows take gigabytes, and larger ints overflow torch's sizes and Python floats."""
+
+MAX_BASE = 1e12
+"""Largest sinusoid / RoPE base: past it every frequency but the first is below 1e-12 per token in fp32 (no position
+signal left), and NTK's rescaled base would overflow a float."""
+
+
+def _check_init(encoding: str, init: Any) -> str:
+    return check_choice(encoding, "init", init, RELATIVE_INITS)
 
 
 def _init_table(weight: torch.Tensor, init: str, std: float) -> None:
@@ -265,17 +277,10 @@ class LearnedAbsolute(PositionEncoding):
         self, dims: StackDims, *, init: str = "copy", position_ids: str | None = None, group_size: int | None = None
     ) -> None:
         super().__init__(dims)
-        _check(init in EXTENSION_INITS, f"init must be one of {EXTENSION_INITS}, got {init!r}.")
+        init = check_choice(self.name, "init", init, EXTENSION_INITS)
         # --- issue 3 (extension): position maps ---
-        _check(
-            position_ids is None or position_ids in POSITION_ID_MAPS,
-            f"position_ids must be None or one of {POSITION_ID_MAPS}, got {position_ids!r}.",
-        )
-        _check(
-            group_size is None
-            or (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 2),
-            f"group_size must be an int >= 2, got {group_size!r}.",
-        )
+        position_ids = check_choice(self.name, "position_ids", position_ids, POSITION_ID_MAPS, optional=True)
+        group_size = check_optional_int(self.name, "group_size", group_size, low=2, high=MAX_POSITIONS)
         _check(group_size is None or position_ids == "grouped", "group_size only applies to position_ids='grouped'.")
         self.position_ids, self.group_size = position_ids, group_size
         # --- end issue 3 ---
@@ -297,10 +302,11 @@ class SinusoidalAbsolute(PositionEncoding):
 
     def __init__(self, dims: StackDims, *, base: float = 10000.0, scale: float | str = "auto") -> None:
         super().__init__(dims)
-        _check(float(base) > 1.0, f"base must be > 1, got {base!r}.")
-        _check(scale == "auto" or (isinstance(scale, int | float) and scale > 0), f"scale must be > 0, got {scale!r}.")
-        self.base = float(base)
-        self.scale = scale if scale == "auto" else float(scale)
+        self.base = check_finite_float(self.name, "base", base, low=1.0, high=MAX_BASE, low_open=True)
+        # The table is added to token embeddings of order one: a scale past 100 would drown them.
+        if not (isinstance(scale, str) and scale == "auto"):
+            scale = check_finite_float(self.name, "scale", scale, low=0.0, high=100.0, low_open=True)
+        self.scale = scale
 
     def embed(self, position_ids: torch.Tensor) -> torch.Tensor:
         """Vectors for `position_ids` (any shape), fp32, shape `(*position_ids.shape, hidden_size)`."""
@@ -367,14 +373,9 @@ class ShawRelativeKey(RelativeEncoding):
 
     def __init__(self, dims: StackDims, *, max_distance: int | None = None, init: str = "auto") -> None:
         super().__init__(dims)
+        max_distance = check_optional_int(self.name, "max_distance", max_distance, low=1, high=MAX_POSITIONS)
         max_distance = dims.max_length - 1 if max_distance is None else max_distance
-        _check(
-            isinstance(max_distance, int) and max_distance >= 1,
-            f"max_distance must be an int >= 1, got {max_distance!r}.",
-        )
-        _check_init(init)
-        self.max_distance = max_distance
-        self.init = init
+        self.max_distance, self.init = max_distance, _check_init(self.name, init)
         self.distance_embedding = nn.Embedding(2 * max_distance + 1, dims.head_dim)
         self.reset_parameters(init)
 
@@ -428,11 +429,7 @@ class NezhaFunctionalRelative(RelativeEncoding):
 
     def __init__(self, dims: StackDims, *, max_distance: int = 64) -> None:
         super().__init__(dims)
-        _check(
-            isinstance(max_distance, int) and max_distance >= 1,
-            f"max_distance must be an int >= 1, got {max_distance!r}.",
-        )
-        self.max_distance = max_distance
+        self.max_distance = check_int(self.name, "max_distance", max_distance, low=1, high=MAX_POSITIONS)
         self._register_derived_tables()
 
     def derived_tables(self) -> dict[str, torch.Tensor]:
@@ -490,15 +487,11 @@ class T5RelativeBias(RelativeEncoding):
 
     def __init__(self, dims: StackDims, *, num_buckets: int = 32, max_distance: int = 128, init: str = "auto") -> None:
         super().__init__(dims)
-        _check(
-            isinstance(num_buckets, int) and num_buckets >= 4, f"num_buckets must be an int >= 4, got {num_buckets!r}."
-        )
-        _check(
-            isinstance(max_distance, int) and max_distance > num_buckets // 2,
-            f"max_distance must be an int > num_buckets // 2 = {num_buckets // 2}, got {max_distance!r}.",
-        )
-        _check_init(init)
-        self.num_buckets, self.max_distance, self.init = num_buckets, max_distance, init
+        # Half the buckets (a quarter in encoders) are exact distances; the log-spaced rest need max_distance past
+        # them.
+        num_buckets = check_int(self.name, "num_buckets", num_buckets, low=4, high=MAX_POSITIONS)
+        max_distance = check_int(self.name, "max_distance", max_distance, low=num_buckets // 2 + 1, high=MAX_POSITIONS)
+        self.num_buckets, self.max_distance, self.init = num_buckets, max_distance, _check_init(self.name, init)
         self.relative_attention_bias = nn.Embedding(num_buckets, dims.num_heads)
         self.reset_parameters(init)
 
@@ -521,17 +514,17 @@ class T5RelativeBias(RelativeEncoding):
         return terms.toeplitz_rows(per_distance, slice(0, q_len), q_len, k_len).unsqueeze(0).to(dtype).contiguous()
 
     def attend(self, query, key, positions, context):
-        # The whole bias is computed once per forward pass and without gradients (kept across passes while the lengths
-        # and the weights stay the same): the backend uses it when nothing is differentiated, and for the forward
-        # blocks otherwise. Gradients come from `bias` rows recomputed block by block in backward.
+        # The whole bias is computed once per forward pass and without gradients: the backend uses it when nothing is
+        # differentiated, and for the forward blocks otherwise. Gradients come from `bias` rows recomputed block by
+        # block in backward. It is never kept across passes: no key proves the weights unchanged (fused optimizers,
+        # `.data` edits and dtype round trips change them without bumping `weight._version`).
         weight = self.relative_attention_bias.weight
         with torch.no_grad():
             if positions.offset is None:
                 memo_key = ("t5", positions_key(positions), query.dtype)
-                bias = context.memo(memo_key, lambda: self._bias(positions, query.dtype))
             else:
-                cache_key = (*_default_key(positions, query), id(weight), weight._version)
-                bias = _cached(self, cache_key, lambda: self._bias(positions, query.dtype))
+                memo_key = ("t5_default", *_default_key(positions, query))
+            bias = context.memo(memo_key, lambda: self._bias(positions, query.dtype))
         return AttentionTerms(
             query, key, bias=bias, shared_bias=True, rows=self._rows(weight, positions, bias, context)
         )
@@ -556,9 +549,13 @@ def _default_key(positions: Positions, query: torch.Tensor) -> tuple:
 
 
 def _cached(module: nn.Module, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """A bias kept on `module` across forward passes (the last key only): it depends only on the lengths, the dtype
-    and, through the key, on the version of the parameters it is computed from. Recomputing an (H, L, L) bias costs
-    about as much as a layer at L = 2048 (issue 6); keeping it costs its memory between passes."""
+    """A bias kept on `module` across forward passes (the last key only). Recomputing an (H, L, L) bias costs about as
+    much as a layer at L = 2048; keeping it costs its memory between passes.
+
+    Only for tables that depend on nothing but the key and non-learned buffers derived from the options (ALiBi): a
+    table computed from a learned parameter must go through the per-forward `PositionContext.memo` instead, since no
+    key can prove a parameter unchanged between passes.
+    """
     cached = module.__dict__.get("_bias_cache")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -590,10 +587,9 @@ class ALiBi(RelativeEncoding):
 
     def __init__(self, dims: StackDims, *, slope_scale: float = 1.0) -> None:
         super().__init__(dims)
-        _check(
-            isinstance(slope_scale, int | float) and slope_scale > 0, f"slope_scale must be > 0, got {slope_scale!r}."
-        )
-        self.slope_scale = float(slope_scale)
+        # Past 1e4 a one-token distance costs thousands of logits (attention is exactly local already) and long
+        # distances overflow half precision.
+        self.slope_scale = check_finite_float(self.name, "slope_scale", slope_scale, low=0.0, high=1e4, low_open=True)
         self._register_derived_tables()
 
     def derived_tables(self) -> dict[str, torch.Tensor]:
@@ -657,12 +653,17 @@ class RotaryEncoding(RelativeEncoding):
     ) -> None:
         super().__init__(dims)
         _check(dims.head_dim % 2 == 0, f"rope needs an even head_dim, got {dims.head_dim}.")
-        _check(isinstance(base, int | float) and base > 1, f"base must be > 1, got {base!r}.")
-        _check(scaling in ROPE_SCALINGS, f"scaling must be one of {ROPE_SCALINGS}, got {scaling!r}.")
-        _check(isinstance(factor, int | float) and factor >= 1, f"factor must be >= 1, got {factor!r}.")
-        _check(scaling is None or factor > 1, f"scaling={scaling!r} needs factor > 1.")
-        self.base, self.scaling, self.factor = float(base), scaling, float(factor)
-        self.original_max_length = original_max_length or dims.max_length
+        name = self.name
+        self.base = check_finite_float(name, "base", base, low=1.0, high=MAX_BASE, low_open=True)
+        self.scaling = check_choice(name, "scaling", scaling, ROPE_SCALINGS)
+        # 1e6 times the trained length is past any real context, and NTK's factor ** (dim / (dim - 2)) stays a float.
+        self.factor = check_finite_float(name, "factor", factor, low=1.0, high=1e6)
+        _check(scaling is None or self.factor > 1, f"scaling={scaling!r} needs factor > 1, got {factor!r}.")
+        _check(scaling != "ntk" or dims.head_dim > 2, f"scaling='ntk' needs a head_dim > 2, got {dims.head_dim}.")
+        original_max_length = check_optional_int(
+            name, "original_max_length", original_max_length, low=1, high=MAX_POSITIONS
+        )
+        self.original_max_length = dims.max_length if original_max_length is None else original_max_length
         self.attention_factor = self._inv_freq()[1]
         self._register_derived_tables()
 
@@ -726,6 +727,9 @@ class EncodingSpec:
     encoding: str
     options: dict[str, Any] = field(default_factory=dict)
     keep_absolute: bool = False
+
+    def __post_init__(self) -> None:
+        check_bool(self.encoding, "keep_absolute", self.keep_absolute)
 
     @property
     def cls(self) -> type[PositionEncoding]:

@@ -172,7 +172,7 @@ def _parse_request(value, options: dict, keep_absolute: bool) -> EncodingSpec:
         if "encoding" not in value:
             raise ValueError(f"A per-stack request needs an 'encoding' key, got keys {sorted(value)}.")
         name, keep = value.pop("encoding"), value.pop("keep_absolute", keep_absolute)
-        return EncodingSpec(canonical_name(name), value, bool(keep))
+        return EncodingSpec(canonical_name(name), value, keep)
     if not isinstance(value, str):
         raise TypeError(f"An encoding request must be a name or a dict, got {type(value).__name__}.")
     return EncodingSpec(canonical_name(value), dict(options), keep_absolute)
