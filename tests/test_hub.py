@@ -368,7 +368,9 @@ def test_direct_class_loading_without_hf_posenc_fails_naming_it(tmp_path, model_
 
 def test_direct_class_loading_is_refused_once_hf_posenc_is_imported(tmp_path):
     folder = save(patched("bert", "alibi", "BertForSequenceClassification"), tmp_path)
-    with pytest.raises(ValueError, match=r"hf_posenc\.from_pretrained"):
+    with pytest.raises(
+        KeyError, match=r"hf_posenc\.from_pretrained"
+    ):  # the trip-wire: no transformers class is hooked
         tf.BertForSequenceClassification.from_pretrained(folder)
 
 
@@ -477,6 +479,7 @@ def run_results(encoding: str, seed: int = 0, accuracy: float = 0.7) -> dict:
         "config": {"model": "all-MiniLM-L6-v2", "encoding": encoding, "dataset": "pang_lee", "train_length": 128,
                    "epochs": 3, "learning_rate": 5e-5, "seed": seed, "output_dir": "recipes/results/x"},
         "patch_spec": {"version": "0.1.0", "stacks": {"encoder": {"encoding": encoding, "options": {}}}},
+        "dataset_info": {"name": "pang_lee", "citation": "Bo Pang and Lillian Lee. A Sentimental Education (2004)."},
         "metrics": {
             "128": {"accuracy": accuracy, "macro_f1": accuracy - 0.01, "n": 300, "seconds": 3.0, "seq_per_s": 99.0},
             "512": {"accuracy": accuracy + 0.05, "macro_f1": accuracy + 0.04, "n": 300, "seconds": 9.0},

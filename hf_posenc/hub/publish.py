@@ -18,14 +18,19 @@ from typing import Any
 from torch import nn
 
 from .. import __version__
-from ..architectures import architecture_for, get_submodule, row_offset
+from ..architectures import architecture_for, get_submodule
 from ..encodings import ENCODINGS
 from ..patching import patch_spec
-from .loading import POSENC_PREFIX, auto_targets
+from ..record import read_record
+from .assets import MINILM_NAMES
+from .format import POSENC_PREFIX, auto_targets
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Recipe results: the minimal schema the model card reads
 # ---------------------------------------------------------------------------------------------------------------------
+
+DATASET_INFO_KEY = "dataset_info"
+"""The results.json entry that says how to cite the training data: `{"name": ..., "citation": ...}` or a list."""
 
 TIMING_KEYS = {"n", "seconds", "seq_per_s", "examples", "steps"}
 """Per-length values that are bookkeeping, not metrics."""
@@ -42,6 +47,8 @@ class RecipeResults:
         recipe: what kind of run it was ("classification", "sweep", ...).
         seeds: the seeds of the runs read.
         specs: variant -> the `posenc` block of the model its runs trained, where the results record it.
+        dataset_citations: dataset name -> how to cite it, from the results' `dataset_info` entries
+            (`{"name": ..., "citation": ...}`, or a list of them, at the top level or in a run).
     """
 
     table: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
@@ -50,6 +57,7 @@ class RecipeResults:
     recipe: str | None = None
     seeds: list[Any] = field(default_factory=list)
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dataset_citations: dict[str, str] = field(default_factory=dict)
 
     @property
     def lengths(self) -> list[str]:
@@ -84,6 +92,7 @@ def read_results(results: str | os.PathLike | dict | None) -> RecipeResults:
         raise ValueError(f"Results must be {RESULTS_SCHEMA}; got {type(results).__name__}.")
     runs = results.get("runs") if isinstance(results.get("runs"), list) else [results]
     parsed = RecipeResults(recipe=results.get("kind") or results.get("recipe"), baseline=results.get("baseline") or {})
+    _add_dataset_info(parsed, results.get(DATASET_INFO_KEY))
     for run in runs:
         _add_run(parsed, run)
     if not parsed.table:
@@ -91,9 +100,17 @@ def read_results(results: str | os.PathLike | dict | None) -> RecipeResults:
     return parsed
 
 
+def _add_dataset_info(parsed: RecipeResults, info: Any) -> None:
+    """Collect `{"name": ..., "citation": ...}` entries (one or a list); anything else is ignored."""
+    for entry in info if isinstance(info, list) else [info]:
+        if isinstance(entry, dict) and isinstance(entry.get("citation"), str) and entry["citation"]:
+            parsed.dataset_citations.setdefault(str(entry.get("name") or ""), entry["citation"])
+
+
 def _add_run(parsed: RecipeResults, run: Any) -> None:
     if not isinstance(run, dict):
         return
+    _add_dataset_info(parsed, run.get(DATASET_INFO_KEY))
     metrics = run.get("metrics", run.get("results"))
     if isinstance(metrics, list):
         metrics = {str(r.get("length", r.get("max_length"))): r for r in metrics if isinstance(r, dict)}
@@ -124,7 +141,10 @@ def results_for(model: nn.Module, results: RecipeResults) -> RecipeResults:
         found = {v: _encodings(s) for v, s in results.specs.items()}
         raise ValueError(f"The results are for encoding(s) {found}, but the model is patched with {_encodings(ours)}.")
     table = {v: results.table[v] for v in keep}
-    return RecipeResults(table, results.baseline, results.settings, results.recipe, results.seeds, results.specs)
+    return RecipeResults(
+        table, results.baseline, results.settings, results.recipe, results.seeds, results.specs,
+        results.dataset_citations,
+    )  # fmt: skip
 
 
 def _same_patch(spec: dict[str, Any], ours: dict[str, Any]) -> bool:
@@ -202,7 +222,7 @@ def render_model_card(
         "recipe": _recipe_section(parsed),
         "results": _results_section(parsed),
         "limitations": _limitations(model, spec, parsed),
-        "citations": _citations(spec, datasets),
+        "citations": _citations(spec, parsed),
         "version": __version__,
     }
     return string.Template(Path(template).read_text(encoding="utf-8")).substitute(fields)
@@ -210,8 +230,6 @@ def render_model_card(
 
 def _hub_id(name: Any) -> str | None:
     """A Hub model id, or None for local paths and names that are not ids (all-MiniLM-L6-v2 gets its namespace)."""
-    from ..recipes.data import MINILM_NAMES
-
     if not _is_id(name):
         return None
     return MINILM_NAMES[-1] if name in MINILM_NAMES else name
@@ -270,17 +288,18 @@ def _patch_table(model, spec) -> str:
         "| stack | encoding | options | absolute table | learned position parameters | input limit |",
         "|---" * 6 + "|",
     ]
+    record = read_record(model.config)
     for stack in architecture_for(model).stacks:
-        entry = spec["stacks"].get(stack.name)
+        entry = record.stacks.get(stack.name)
         if entry is None:
             continue
-        options = ", ".join(f"`{k}={v!r}`" for k, v in entry["options"].items()) or "-"
+        options = ", ".join(f"`{k}={v!r}`" for k, v in entry.options.items()) or "-"
         table = get_submodule(model.base_model, stack.table)
         kept = isinstance(table, nn.Embedding)
-        absolute = "kept (hybrid)" if entry.get("keep_absolute") else "kept" if kept else "replaced"
+        absolute = "kept (hybrid)" if entry.keep_absolute else "kept" if kept else "replaced"
         count = _position_parameters(model, stack, kept)
-        limit = entry.get("max_length") or (table.num_embeddings - row_offset(stack, model.config) if kept else "none")
-        lines.append(f"| {stack.name} | `{entry['encoding']}` | {options} | {absolute} | {count:,} | {limit} |")
+        limit = entry.max_length or (stack.table_limit(table, model.config) if kept else "none")
+        lines.append(f"| {stack.name} | `{entry.encoding}` | {options} | {absolute} | {count:,} | {limit} |")
     return "\n".join(lines)
 
 
@@ -394,17 +413,10 @@ def _limitations(model, spec, parsed: RecipeResults) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
-def _citations(spec, datasets: list[str]) -> str:
+def _citations(spec, parsed: RecipeResults) -> str:
+    """The encodings' papers, then the training data's citations as the results give them (none without)."""
     items = [ENCODINGS[e["encoding"]].citation for e in spec["stacks"].values()]
-    try:
-        from ..recipes.data import DATASET_ALIASES, OFFLINE_DATASETS
-
-        for name in datasets:
-            entry = OFFLINE_DATASETS.get(DATASET_ALIASES.get(name, name))
-            if entry is not None:
-                items.append(entry.citation)
-    except ImportError:  # pragma: no cover - hf_posenc.data is part of the package
-        pass
+    items += list(parsed.dataset_citations.values())
     unique = [c for i, c in enumerate(items) if c and c not in items[:i]]
     return "\n".join(f"- {c}" for c in unique)
 
