@@ -31,8 +31,8 @@ from ..extension import (
 from ..patching import patch_model, patch_spec
 from ..record import CONFIG_KEY, StackRecord
 from .assets import resolve_checkpoint
-from .format import LoadPlan, load_plan, read_config, saved_architecture, weight_files
-from .loading import from_pretrained
+from .format import LoadPlan, read_config, saved_architecture, weight_files
+from .loading import from_pretrained, load_plan
 from .publish import PushError, push_to_hub
 
 # ---------------------------------------------------------------------------------------------------------------------
