@@ -417,7 +417,6 @@ CORRUPTIONS = {
     "unknown stack": (lambda c: c["posenc"]["stacks"].update(middle={}), "unknown stack"),
     "unknown encoding": (lambda c: c["posenc"]["stacks"]["encoder"].update(encoding="fourier"), "unknown encoding"),
     "unknown option": (lambda c: c["posenc"]["stacks"]["encoder"]["options"].update(slope=2), "unknown option"),
-    "unknown field": (lambda c: c["posenc"]["stacks"]["encoder"].update(window=8), "unknown field"),
     "bad option value": (lambda c: c["posenc"]["stacks"]["encoder"]["options"].update(slope_scale=-1), "cannot be"),
     "newer major": (lambda c: c["posenc"].update(version="1.0.0"), "newer major"),
     "no version": (lambda c: c["posenc"].pop("version"), "no valid version"),
@@ -431,6 +430,16 @@ def test_corrupted_posenc_block_is_a_clear_error(tmp_path, case):
     edit_config(folder, change)
     with pytest.raises(ValueError, match=message):
         hf_posenc.from_pretrained(folder)
+
+
+def test_fields_of_a_newer_version_warn_and_are_ignored(tmp_path):
+    model = patched("bert", "alibi")
+    folder = save(model, tmp_path)
+    edit_config(folder, lambda c: (c["posenc"]["stacks"]["encoder"].update(window=8), c["posenc"].update(seen=1)))
+    with pytest.warns(hf_posenc.record.RecordWarning, match=r"\['window'\]"):
+        reloaded = hf_posenc.from_pretrained(folder)
+    assert_identical(model, reloaded)
+    assert "window" not in hf_posenc.patch_spec(reloaded)["stacks"]["encoder"]
 
 
 @pytest.mark.parametrize(
