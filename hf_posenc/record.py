@@ -23,8 +23,8 @@ import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from . import __version__
 from .encodings import ENCODINGS, option_defaults
+from .version import __version__
 
 CONFIG_KEY = "posenc"
 """The `config.json` field that holds the record."""

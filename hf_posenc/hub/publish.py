@@ -17,11 +17,11 @@ from typing import Any
 
 from torch import nn
 
-from .. import __version__
 from ..architectures import architecture_for, get_submodule
 from ..encodings import ENCODINGS
 from ..patching import patch_spec
 from ..record import read_record
+from ..version import __version__
 from .assets import MINILM_NAMES
 from .format import POSENC_PREFIX, auto_targets
 
