@@ -16,7 +16,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .blockwise import blockwise_attention
+from .blockwise import blockwise_attention, merge_bias_mask
 from .encodings import AttentionTerms, PositionContext, Positions
 
 BACKEND = "posenc"
@@ -97,11 +97,7 @@ def _merge(bias: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool
     q_len, k_len = bias.shape[-2:]
     if attention_mask is None and causal and q_len > 1:
         attention_mask = _causal_mask(q_len, k_len, bias.device)
-    if attention_mask is None:
-        return bias
-    if attention_mask.dtype == torch.bool:
-        return torch.where(attention_mask, bias, torch.finfo(bias.dtype).min)
-    return bias + attention_mask
+    return merge_bias_mask(bias, attention_mask, bias.dtype)
 
 
 def _merged_mask(terms: AttentionTerms, attention_mask, causal: bool, context: PositionContext) -> torch.Tensor:
