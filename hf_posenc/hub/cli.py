@@ -65,7 +65,7 @@ def inspect_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
         "folder": str(folder),
         "kind": kind,
         "class": plan.architecture,
-        "posenc": config.get(CONFIG_KEY),
+        "posenc": config.get(CONFIG_KEY),  # as written (legacy checkpoints have none)
         "stacks": stacks,
     }
 

@@ -18,9 +18,8 @@ from typing import Any
 from torch import nn
 
 from ..architectures import architecture_for, get_submodule
-from ..encodings import ENCODINGS
 from ..patching import patch_spec
-from ..record import read_record
+from ..record import PatchRecord, read_record
 from ..version import __version__
 from .assets import MINILM_NAMES
 from .format import POSENC_PREFIX, auto_targets
@@ -204,7 +203,7 @@ def render_model_card(
         datasets: the datasets it was trained on; default the results' dataset.
         template: a `string.Template` with the placeholders of `hf_posenc/templates/model_card.md`.
     """
-    spec = patch_spec(model)
+    spec = read_record(model.config)
     if spec is None:
         raise ValueError("The model is not patched by hf_posenc; there is no position-encoding card to write.")
     parsed = results_for(model, results if isinstance(results, RecipeResults) else read_results(results))
@@ -216,7 +215,7 @@ def render_model_card(
         "title": repo_id.split("/")[-1] if repo_id else f"{type(model).__name__} with {_spec_words(spec)}",
         "summary": _summary(model, spec, base_model),
         "patch_table": _patch_table(model, spec),
-        "step0": "\n".join(f"- {n}: {ENCODINGS[e['encoding']].step0}." for n, e in spec["stacks"].items()),
+        "step0": "\n".join(f"- {n}: {e.cls.step0}." for n, e in spec.stacks.items()),
         "load_snippet": _load_snippet(model, repo_id or "path/to/this/folder"),
         "model_type": POSENC_PREFIX + model.config.model_type,
         "recipe": _recipe_section(parsed),
@@ -249,10 +248,10 @@ def _is_id(name: Any) -> bool:
     return True
 
 
-def _metadata(model, spec, base_model, license, datasets) -> str:
+def _metadata(model, spec: PatchRecord, base_model, license, datasets) -> str:
     from huggingface_hub import ModelCardData
 
-    encodings = sorted({entry["encoding"] for entry in spec["stacks"].values()})
+    encodings = sorted({entry.encoding for entry in spec.stacks.values()})
     suffix = next((s for s in PIPELINE_TAGS if type(model).__name__.endswith(s)), None)
     data = ModelCardData(
         base_model=base_model,
@@ -271,26 +270,25 @@ def _metadata(model, spec, base_model, license, datasets) -> str:
     return data.to_yaml()
 
 
-def _spec_words(spec) -> str:
-    return ", ".join(f"{entry['encoding']} ({name})" for name, entry in spec["stacks"].items())
+def _spec_words(spec: PatchRecord) -> str:
+    return ", ".join(f"{entry.encoding} ({name})" for name, entry in spec.stacks.items())
 
 
-def _summary(model, spec, base_model) -> str:
+def _summary(model, spec: PatchRecord, base_model) -> str:
     source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a pretrained checkpoint"
     return (
         f"This is {source} as a `{type(model).__name__}` whose position encoding was replaced with hf_posenc "
-        f"{spec.get('version', __version__)} (`pip install hf-posenc`): {_spec_words(spec)}."
+        f"{spec.version} (`pip install hf-posenc`): {_spec_words(spec)}."
     )
 
 
-def _patch_table(model, spec) -> str:
+def _patch_table(model, spec: PatchRecord) -> str:
     lines = [
         "| stack | encoding | options | absolute table | learned position parameters | input limit |",
         "|---" * 6 + "|",
     ]
-    record = read_record(model.config)
     for stack in architecture_for(model).stacks:
-        entry = record.stacks.get(stack.name)
+        entry = spec.stacks.get(stack.name)
         if entry is None:
             continue
         options = ", ".join(f"`{k}={v!r}`" for k, v in entry.options.items()) or "-"
@@ -393,13 +391,13 @@ def _cell(values: list[float] | None) -> str:
     return f"{mean:.4g} ± {spread:.2g}"
 
 
-def _limitations(model, spec, parsed: RecipeResults) -> str:
+def _limitations(model, spec: PatchRecord, parsed: RecipeResults) -> str:
     items = [
         f"Loading needs hf_posenc (and transformers 5): without it transformers refuses the model type "
         f"`{POSENC_PREFIX}{model.config.model_type}`. Tools that key on `model_type` (inference servers, ONNX "
         "exporters, PEFT's default LoRA targets) do not recognize it either; with PEFT, name `target_modules`.",
     ]
-    if any(ENCODINGS[e["encoding"]].kind == "relative" for e in spec["stacks"].values()):
+    if any(e.cls.kind == "relative" for e in spec.stacks.values()):
         items.append(
             "Relative encodings run in the `posenc` attention backend (PyTorch SDPA plus a bias or rotation); "
             "`eager` and FlashAttention are not supported."
@@ -413,9 +411,9 @@ def _limitations(model, spec, parsed: RecipeResults) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
-def _citations(spec, parsed: RecipeResults) -> str:
+def _citations(spec: PatchRecord, parsed: RecipeResults) -> str:
     """The encodings' papers, then the training data's citations as the results give them (none without)."""
-    items = [ENCODINGS[e["encoding"]].citation for e in spec["stacks"].values()]
+    items = [e.cls.citation for e in spec.stacks.values()]
     items += list(parsed.dataset_citations.values())
     unique = [c for i, c in enumerate(items) if c and c not in items[:i]]
     return "\n".join(f"- {c}" for c in unique)
@@ -524,10 +522,8 @@ def push_to_hub(
         if dry_run:
             print(_listing(repo_id, files, private))
             return PushResult(repo_id, files)
-        message = (
-            commit_message
-            or f"Upload {type(model).__name__} patched with {_spec_words(patch_spec(model))} (hf_posenc {__version__})"
-        )
+        words = _spec_words(read_record(model.config))
+        message = commit_message or f"Upload {type(model).__name__} patched with {words} (hf_posenc {__version__})"
         return PushResult(repo_id, files, _upload(folder, repo_id, private, token, message))
 
 
