@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from .architectures import (
-    ArchitectureSpec,
     StackSpec,
     architecture_for,
     attention_shape,
@@ -54,7 +53,7 @@ from .state import (
 
 
 def _stack_requests(
-    arch: ArchitectureSpec, model: nn.Module, encoding, encoder, decoder, options: dict, keep_absolute: bool
+    model: nn.Module, encoding, encoder, decoder, options: dict, keep_absolute: bool
 ) -> dict[str, EncodingSpec]:
     """Turn the arguments of `patch_model` into one `EncodingSpec` per requested stack.
 
@@ -175,7 +174,7 @@ def plan_patch(
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch_model expects a transformers model, got {type(model).__name__}.")
     arch = architecture_for(model)
-    requests = _stack_requests(arch, model, encoding, encoder, decoder, options, keep_absolute)
+    requests = _stack_requests(model, encoding, encoder, decoder, options, keep_absolute)
     plans = []
     for stack in arch.stacks:
         if stack.name not in requests:
