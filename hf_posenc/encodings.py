@@ -309,7 +309,7 @@ EXTENSION_INITS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
 
 # --- issue 3 (extension): inference-time position maps of the learned table ---
 POSITION_ID_MAPS = ("recurrent", "grouped")
-"""LongEmbed's position maps into the trained rows (implemented in `hf_posenc.extension.PositionMap`)."""
+"""LongEmbed's position maps into the trained rows (implemented in `hf_posenc.state.PositionMap`)."""
 # --- end issue 3 ---
 
 

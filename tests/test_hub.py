@@ -436,7 +436,7 @@ def test_fields_of_a_newer_version_warn_and_are_ignored(tmp_path):
     model = patched("bert", "alibi")
     folder = save(model, tmp_path)
     edit_config(folder, lambda c: (c["posenc"]["stacks"]["encoder"].update(window=8), c["posenc"].update(seen=1)))
-    with pytest.warns(hf_posenc.record.RecordWarning, match=r"\['window'\]"):
+    with pytest.warns(hf_posenc.record.RecordWarning, match="ignoring field"):
         reloaded = hf_posenc.from_pretrained(folder)
     assert_identical(model, reloaded)
     assert "window" not in hf_posenc.patch_spec(reloaded)["stacks"]["encoder"]
