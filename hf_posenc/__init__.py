@@ -3,14 +3,13 @@
 Importing the package registers the `posenc` attention backend with transformers.
 """
 
-__version__ = "0.1.0"
-
-from .architectures import ARCHITECTURES  # noqa: E402
-from .attention import BACKEND, register_backend  # noqa: E402
-from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding  # noqa: E402
-from .extension import extend_positions, make_portable, set_max_length, update_max_seq_length  # noqa: E402
-from .hub import from_pretrained, push_to_hub, read_results, render_model_card, save_for_hub  # noqa: E402
-from .patching import patch_model, patch_spec, plan_patch, unpatch_model  # noqa: E402
+from .architectures import ARCHITECTURES
+from .attention import BACKEND, register_backend
+from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding
+from .extension import extend_positions, make_portable, set_max_length, update_max_seq_length
+from .hub import from_pretrained, push_to_hub, read_results, render_model_card, save_for_hub
+from .patching import patch_model, patch_spec, plan_patch, unpatch_model
+from .version import __version__
 
 register_backend()
 
@@ -28,6 +27,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "__version__",
     "ALIASES",
     "ARCHITECTURES",
     "BACKEND",

@@ -8,7 +8,9 @@ head of a family shares one entry. A stack whose module is absent (the encoder o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -36,6 +38,54 @@ class StackSpec:
     self_attention: str
     embeddings: str | None = None
     row_offset: int | str = 0
+
+    def offset(self, config: Any) -> int:
+        """Rows of the learned table that come before position 0."""
+        if self.row_offset == "padding_idx+1":  # `config` may be a config object or its dict
+            return (config["pad_token_id"] if isinstance(config, dict) else config.pad_token_id) + 1
+        return int(self.row_offset)
+
+    def config_rows(self, config: Any) -> int:
+        """Rows the model adds to `config.max_position_embeddings` itself (BART builds `mpe + 2` rows, BERT `mpe`)."""
+        return self.offset(config) if self.table_call == "bart" else 0
+
+    def table_rows(self, config: Any) -> int:
+        """Rows of the learned table that `config.max_position_embeddings` builds."""
+        return config.max_position_embeddings + self.config_rows(config)
+
+    def config_limit(self, config: Any) -> int:
+        """The input limit that `config.max_position_embeddings` implies (RoBERTa: 514 -> 512, BART: 1024)."""
+        return self.table_rows(config) - self.offset(config)
+
+    def table_limit(self, table: nn.Embedding, config: Any) -> int:
+        """The input limit of a learned table of this stack."""
+        return table.num_embeddings - self.offset(config)
+
+    def config_size(self, limit: int, config: Any) -> int:
+        """The `max_position_embeddings` that builds a table for inputs of up to `limit` positions."""
+        return limit + self.offset(config) - self.config_rows(config)
+
+    def parse_table_call(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        """Split a call of the table into `(rows, position_ids, cache_length)`.
+
+        BERT-style tables are called `table(rows)` with row ids (offset included): `rows` is set. BART-style ones
+        are called `table(input_ids, cache_length=0, position_ids=None)` and compute positions themselves:
+        `position_ids` (None when not given) and `cache_length` are set, and `rows` is the `input_ids`.
+        """
+        if self.table_call == "position_ids":
+            return (args[0] if args else kwargs["input"]), None, 0
+        input_ids = args[0] if args else kwargs["input_ids"]
+        cache_length = args[1] if len(args) > 1 else kwargs.get("cache_length", 0)
+        return input_ids, kwargs.get("position_ids"), cache_length
+
+    def call_positions(self, args: tuple, kwargs: dict, device: torch.device) -> torch.Tensor:
+        """The positions (from 0, offset removed) a call of the table asks for."""
+        rows, position_ids, cache_length = self.parse_table_call(args, kwargs)
+        if self.table_call == "position_ids":
+            return rows
+        if position_ids is None:
+            return torch.arange(cache_length, cache_length + rows.shape[1], device=device)
+        return position_ids
 
 
 @dataclass(frozen=True)
@@ -128,10 +178,13 @@ def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def row_offset(stack: StackSpec, config) -> int:
-    """Rows of the learned table that come before position 0."""
-    if stack.row_offset == "padding_idx+1":
-        return config.pad_token_id + 1
-    return int(stack.row_offset)
+    """Rows of the learned table that come before position 0 (`stack.offset(config)`)."""
+    return stack.offset(config)
+
+
+def present_stacks(model: nn.Module) -> list[StackSpec]:
+    """The stacks of `model`'s architecture whose module is present (BartForCausalLM has no encoder)."""
+    return [s for s in architecture_for(model).stacks if get_submodule(model.base_model, s.module) is not None]
 
 
 def self_attention_modules(stack_module: nn.Module, stack: StackSpec) -> list[tuple[str, nn.Module]]:
@@ -145,33 +198,3 @@ def attention_shape(module: nn.Module) -> tuple[int, int]:
     heads = next(getattr(module, a) for a in ("num_attention_heads", "num_heads", "n_heads") if hasattr(module, a))
     head_dim = next(getattr(module, a) for a in ("attention_head_size", "head_dim") if hasattr(module, a))
     return int(heads), int(head_dim)
-
-
-def support_table() -> str:
-    """The Markdown table of encodings x architectures that the README shows (a test keeps the two in sync)."""
-    from .encodings import ENCODINGS  # the registry is filled on import; architectures stays free of it otherwise
-
-    types = sorted(ARCHITECTURES)
-    header = ["encoding", "kind", "learned parameters", "any length", *types]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, cls in ENCODINGS.items():
-        cells = [_support_cell(cls, ARCHITECTURES[t]) for t in types]
-        learned = "yes" if cls.learned else "no"
-        unbounded = "no (extend it)" if cls.max_length_bound else "yes"
-        lines.append("| " + " | ".join([f"`{name}`", cls.kind, learned, unbounded, *cells]) + " |")
-    return "\n".join(lines)
-
-
-def _support_cell(cls, arch: ArchitectureSpec) -> str:
-    if cls.kind != "none":
-        return "✓"
-    return "decoder" if any(s.name == "decoder" for s in arch.stacks) else "—"
-
-
-def step0_table() -> str:
-    """What each encoding does to a pretrained model before any training, and its source."""
-    from .encodings import ENCODINGS
-
-    lines = ["| encoding | at step 0 on a pretrained model | source |", "|---|---|---|"]
-    lines += [f"| `{name}` | {cls.step0} | {cls.citation} |" for name, cls in ENCODINGS.items()]
-    return "\n".join(lines)

@@ -16,10 +16,27 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .blockwise import blockwise_attention
+from .blockwise import blockwise_attention, merge_bias_mask
 from .encodings import AttentionTerms, PositionContext, Positions
 
 BACKEND = "posenc"
+ATTACHED_ATTRIBUTE = "_posenc"
+"""Where a self-attention module carries its `(encoding, context)`: in `__dict__`, not a registered submodule, so a
+shared encoding is not registered (and saved) once per layer."""
+
+
+def attach(module: torch.nn.Module, encoding, context: PositionContext) -> None:
+    """Attach a relative encoding and its stack's context to a self-attention module, for the backend to apply."""
+    module.__dict__[ATTACHED_ATTRIBUTE] = (encoding, context)
+
+
+def attached(module: torch.nn.Module) -> tuple | None:
+    """The `(encoding, context)` attached to an attention module, or None (cross-attention, unpatched)."""
+    return module.__dict__.get(ATTACHED_ATTRIBUTE)
+
+
+def detach(module: torch.nn.Module) -> None:
+    module.__dict__.pop(ATTACHED_ATTRIBUTE, None)
 
 
 def posenc_attention_forward(
@@ -34,7 +51,7 @@ def posenc_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Attention with the module's position encoding applied; same signature and output as SDPA's."""
-    state = module.__dict__.get("_posenc")
+    state = attached(module)
     if state is None:  # cross-attention: position-free by design
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
     encoding, context = state
@@ -80,11 +97,7 @@ def _merge(bias: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool
     q_len, k_len = bias.shape[-2:]
     if attention_mask is None and causal and q_len > 1:
         attention_mask = _causal_mask(q_len, k_len, bias.device)
-    if attention_mask is None:
-        return bias
-    if attention_mask.dtype == torch.bool:
-        return torch.where(attention_mask, bias, torch.finfo(bias.dtype).min)
-    return bias + attention_mask
+    return merge_bias_mask(bias, attention_mask, bias.dtype)
 
 
 def _merged_mask(terms: AttentionTerms, attention_mask, causal: bool, context: PositionContext) -> torch.Tensor:

@@ -149,9 +149,10 @@ def _forward(call: _Call, query, key, value, state: tuple, use_forward_bias: boo
         bias = _bias_rows(call, rows, query_rows, state, use_forward_bias)
         mask = _block_mask(call, rows, query.shape[-2], key.shape[-2], key.device)
         if terms.value is None:
-            outputs.append(_sdpa(query_rows, key, value, _merge(bias, mask, query.dtype), call.dropout, call.scale))
+            merged = merge_bias_mask(bias, mask, query.dtype)
+            outputs.append(_sdpa(query_rows, key, value, merged, call.dropout, call.scale))
         elif banded is not None and banded.narrow(call, rows):
-            outputs.append(banded(call, rows, query_rows, _merge(bias, mask, query.dtype), state))
+            outputs.append(banded(call, rows, query_rows, merge_bias_mask(bias, mask, query.dtype), state))
         else:
             probs = _probabilities(query_rows, key, bias, mask, call.scale)
             probs = torch.nn.functional.dropout(probs, call.dropout) if call.dropout > 0 else probs
@@ -226,8 +227,9 @@ def _block_mask(call: _Call, rows: slice, q_len: int, k_len: int, device) -> tor
     return torch.arange(k_len, device=device) <= query_positions.unsqueeze(-1)
 
 
-def _merge(bias: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Bias and mask as one additive mask in `dtype` (the mask alone when there is no bias)."""
+def merge_bias_mask(bias: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Bias and mask as one additive mask in `dtype` (the mask alone when there is no bias); the attention backend
+    merges with it too, so the two paths fill masked scores the same way."""
     if bias is None:
         return mask
     bias = bias.to(dtype)

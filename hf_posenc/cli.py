@@ -12,7 +12,6 @@ import importlib
 import sys
 
 CLI_MODULES: tuple[str, ...] = (
-    "hf_posenc.extension",
     "hf_posenc.hub.cli",
     "hf_posenc.recipes.training",
     "hf_posenc.bench.harness",

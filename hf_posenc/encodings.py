@@ -169,6 +169,7 @@ class PositionEncoding(nn.Module):
     learned: ClassVar[bool] = False  # has parameters that reach the checkpoint
     per_layer: ClassVar[bool] = False  # one instance per attention layer (else one shared by the stack)
     max_length_bound: ClassVar[bool] = False  # cannot run past its table (only the learned absolute table)
+    keeps_learned_table: ClassVar[bool] = False  # the patch leaves the checkpoint's learned table in place
     citation: ClassVar[str] = ""
     step0: ClassVar[str] = ""  # what patching a pretrained model with this encoding does before any training
 
@@ -194,6 +195,21 @@ class PositionEncoding(nn.Module):
         for name, table in self.derived_tables().items():
             setattr(self, name, table.to(getattr(self, name).device))
         return self
+
+    @classmethod
+    def resolve_options(
+        cls, options: dict[str, Any], table: torch.Tensor | None, keep_absolute: bool
+    ) -> dict[str, Any]:
+        """Data-dependent defaults resolved into values, so that the recorded options rebuild the same model.
+
+        `table` is the weight of the stack's learned table (None when an earlier patch removed it). Relative
+        encodings with an `init` option start at zero beside a kept table (the patched model then starts with the
+        unpatched outputs) and from a normal init otherwise.
+        """
+        resolved = dict(options)
+        if cls.kind == "relative" and "init" in option_defaults(cls) and resolved.get("init", "auto") == "auto":
+            resolved["init"] = "zeros" if keep_absolute else "normal"
+        return resolved
 
     def options(self) -> dict[str, Any]:
         """The resolved options, JSON-serializable, such that `type(self)(dims, **self.options())` rebuilds it."""
@@ -248,12 +264,64 @@ def sinusoid_table(positions: torch.Tensor, dim: int, base: float = 10000.0) -> 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-EXTENSION_INITS = ("copy", "interpolate", "sinusoidal", "random")
-"""How `extend_positions` fills new rows of a learned table (implemented in `hf_posenc.extension.INITS`)."""
+# Inits of the new rows when a learned table grows: (trained rows (T, D), new length N) -> (N, D), in the table's
+# dtype.
+# They are the `init` option of `learned`, so they live beside it; `hf_posenc.extension` applies them.
+
+
+def copy_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
+    """Tile the trained rows: position `p` gets row `p mod T` (Beltagy et al. 2020, Longformer, arXiv:2004.05150).
+
+    Longformer extended RoBERTa from 512 to 4096 positions this way and reports the copy init as crucial: attention
+    heads keep their strong local position patterns, so fine-tuning converges much faster than from random rows.
+    The trained rows are kept untouched.
+    """
+    index = torch.arange(trained.shape[0], length, device=trained.device) % trained.shape[0]
+    return torch.cat([trained, trained[index]])
+
+
+def interpolate_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear interpolation of the whole table onto `length` positions (position interpolation, Chen et al. 2023,
+    arXiv:2306.15595; LongEmbed applies it to absolute tables). The first and last rows are kept (align_corners);
+    every other row moves, so even short inputs change: the model sees positions at a finer spacing."""
+    grid = trained.float().T.unsqueeze(0)  # (1, D, T)
+    stretched = nn.functional.interpolate(grid, size=length, mode="linear", align_corners=True)
+    return stretched[0].T.to(trained.dtype)
+
+
+def sinusoidal_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
+    """New rows from the sinusoids of Vaswani et al. 2017 (arXiv:1706.03762), scaled to the trained table.
+
+    Each dimension gets the trained rows' mean and standard deviation (`mean_d + std_d * sqrt(2) * sin/cos(...)`,
+    the sinusoids having a standard deviation of about 1/sqrt(2)), so the embedding LayerNorm sees vectors of the size
+    it was trained on. The trained rows are kept untouched.
+    """
+    stats = trained.float()
+    mean, std = stats.mean(0), stats.std(0, unbiased=False)
+    positions = torch.arange(trained.shape[0], length, device=trained.device)
+    waves = sinusoid_table(positions, trained.shape[1]) * 2**0.5
+    return torch.cat([trained, (mean + std * waves).to(trained.dtype)])
+
+
+def random_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
+    """New rows drawn from `N(0, s^2)`, `s` the standard deviation of the trained rows: the weak baseline (Longformer
+    compares against it). Uses torch's global generator: seed it with `torch.manual_seed` to reproduce."""
+    std = trained.float().std().item()
+    fresh = torch.randn(length - trained.shape[0], trained.shape[1], device=trained.device) * std
+    return torch.cat([trained, fresh.to(trained.dtype)])
+
+
+EXTENSION_INITS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "copy": copy_rows,
+    "interpolate": interpolate_rows,
+    "sinusoidal": sinusoidal_rows,
+    "random": random_rows,
+}
+"""How `extend_positions` fills new rows of a learned table: init name -> function (the `init` option of `learned`)."""
 
 # --- issue 3 (extension): inference-time position maps of the learned table ---
 POSITION_ID_MAPS = ("recurrent", "grouped")
-"""LongEmbed's position maps into the trained rows (implemented in `hf_posenc.extension.PositionMap`)."""
+"""LongEmbed's position maps into the trained rows (implemented in `hf_posenc.state.PositionMap`)."""
 # --- end issue 3 ---
 
 
@@ -270,6 +338,7 @@ class LearnedAbsolute(PositionEncoding):
     kind = "absolute"
     learned = True
     max_length_bound = True
+    keeps_learned_table = True
     citation = "Devlin et al. 2019, BERT (arXiv:1810.04805)"
     step0 = "identity: outputs are bit-identical to the unpatched model"
 
@@ -307,6 +376,17 @@ class SinusoidalAbsolute(PositionEncoding):
         if not (isinstance(scale, str) and scale == "auto"):
             scale = check_finite_float(self.name, "scale", scale, low=0.0, high=100.0, low_open=True)
         self.scale = scale
+
+    @classmethod
+    def resolve_options(
+        cls, options: dict[str, Any], table: torch.Tensor | None, keep_absolute: bool
+    ) -> dict[str, Any]:
+        """`scale="auto"`: the learned table's standard deviation over the sinusoids' own (1/sqrt(2))."""
+        resolved = dict(options)
+        if resolved.get("scale", "auto") == "auto":
+            learned_std = table.detach().float().std().item() if table is not None else None
+            resolved["scale"] = learned_std * 2**0.5 if learned_std else 1.0
+        return resolved
 
     def embed(self, position_ids: torch.Tensor) -> torch.Tensor:
         """Vectors for `position_ids` (any shape), fp32, shape `(*position_ids.shape, hidden_size)`."""

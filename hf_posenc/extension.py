@@ -25,82 +25,40 @@ import json
 import math
 import numbers
 import shutil
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
-from .architectures import StackSpec, architecture_for, get_submodule, row_offset
-from .encodings import EXTENSION_INITS, LearnedAbsolute, option_defaults, sinusoid_table
-from .patching import (
-    CONFIG_KEY,
+from . import architectures
+from .architectures import StackSpec, get_submodule
+from .encodings import (  # noqa: F401  (re-exported)
+    EXTENSION_INITS,
+    LearnedAbsolute,
+    copy_rows,
+    interpolate_rows,
+    option_defaults,
+    random_rows,
+    sinusoidal_rows,
+)
+from .record import CONFIG_KEY, PatchRecord, StackRecord, read_record, stack_record, write_record
+from .state import (
+    PositionMap,
     PositionTable,
     StackPlan,
-    _current_table,
-    _remember_hook,
-    _remove_patch,
-    grow_length_buffers,
-    patch_spec,
+    current_table,
+    ensure_buffers,
+    own_config,
+    release_config,
+    remember_hook,
+    remove_patch,
 )
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Initializations of the new rows: (trained rows (T, D), new length N) -> (N, D), in the table's dtype
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def copy_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
-    """Tile the trained rows: position `p` gets row `p mod T` (Beltagy et al. 2020, Longformer, arXiv:2004.05150).
-
-    Longformer extended RoBERTa from 512 to 4096 positions this way and reports the copy init as crucial: attention
-    heads keep their strong local position patterns, so fine-tuning converges much faster than from random rows.
-    The trained rows are kept untouched.
-    """
-    index = torch.arange(trained.shape[0], length, device=trained.device) % trained.shape[0]
-    return torch.cat([trained, trained[index]])
-
-
-def interpolate_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear interpolation of the whole table onto `length` positions (position interpolation, Chen et al. 2023,
-    arXiv:2306.15595; LongEmbed applies it to absolute tables). The first and last rows are kept (align_corners);
-    every other row moves, so even short inputs change: the model sees positions at a finer spacing."""
-    grid = trained.float().T.unsqueeze(0)  # (1, D, T)
-    stretched = nn.functional.interpolate(grid, size=length, mode="linear", align_corners=True)
-    return stretched[0].T.to(trained.dtype)
-
-
-def sinusoidal_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
-    """New rows from the sinusoids of Vaswani et al. 2017 (arXiv:1706.03762), scaled to the trained table.
-
-    Each dimension gets the trained rows' mean and standard deviation (`mean_d + std_d * sqrt(2) * sin/cos(...)`,
-    the sinusoids having a standard deviation of about 1/sqrt(2)), so the embedding LayerNorm sees vectors of the size
-    it was trained on. The trained rows are kept untouched.
-    """
-    stats = trained.float()
-    mean, std = stats.mean(0), stats.std(0, unbiased=False)
-    positions = torch.arange(trained.shape[0], length, device=trained.device)
-    waves = sinusoid_table(positions, trained.shape[1]) * 2**0.5
-    return torch.cat([trained, (mean + std * waves).to(trained.dtype)])
-
-
-def random_rows(trained: torch.Tensor, length: int) -> torch.Tensor:
-    """New rows drawn from `N(0, s^2)`, `s` the standard deviation of the trained rows: the weak baseline (Longformer
-    compares against it). Uses torch's global generator: seed it with `torch.manual_seed` to reproduce."""
-    std = trained.float().std().item()
-    fresh = torch.randn(length - trained.shape[0], trained.shape[1], device=trained.device) * std
-    return torch.cat([trained, fresh.to(trained.dtype)])
-
-
-INITS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-    "copy": copy_rows,
-    "interpolate": interpolate_rows,
-    "sinusoidal": sinusoidal_rows,
-    "random": random_rows,
-}
-"""Init name -> function. The names are `encodings.EXTENSION_INITS` (the option schema of `learned`), same order."""
+INITS = EXTENSION_INITS
+"""Init name -> function filling the new rows (they live beside `learned`, whose `init` option they are)."""
 
 KEEPS_TRAINED_ROWS = ("copy", "sinusoidal", "random")
 """Inits after which inputs of up to the old length give bit-identical outputs."""
@@ -111,45 +69,6 @@ def extended_weight(weight: torch.Tensor, offset: int, max_length: int, init: st
     with torch.no_grad():
         positions = INITS[init](weight[offset:].detach(), max_length)
         return torch.cat([weight[:offset].detach(), positions])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Mapped positions (LongEmbed): a forward pre-hook on the learned table
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class PositionMap:
-    """Forward pre-hook of a learned table: maps positions into its `trained_length` trained rows.
-
-    `recurrent`: `p mod T`; `grouped`: `p // group_size` (LongEmbed, Zhu et al. 2024, arXiv:2404.12096). Rows before
-    the `offset` (RoBERTa's padding position) pass through unchanged. BART-style tables compute their positions from
-    `cache_length`, so the hook computes them the same way and hands the mapped ones over as `position_ids`.
-    """
-
-    def __init__(self, mode: str, trained_length: int, group_size: int | None, offset: int, call: str) -> None:
-        self.mode, self.trained_length, self.group_size = mode, trained_length, group_size
-        self.offset, self.call = offset, call
-
-    def map_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        if self.mode == "recurrent":
-            return positions % self.trained_length
-        return torch.div(positions, self.group_size, rounding_mode="floor")
-
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if self.call == "position_ids":  # BERT-style: table(position_ids)
-            rows = args[0] if args else kwargs.pop("input")
-            shifted = rows - self.offset
-            return (torch.where(shifted >= 0, self.map_positions(shifted) + self.offset, rows),), kwargs
-        input_ids = args[0] if args else kwargs.pop("input_ids")
-        cache_length = args[1] if len(args) > 1 else kwargs.pop("cache_length", 0)
-        positions = kwargs.pop("position_ids", None)
-        if positions is None:
-            positions = torch.arange(cache_length, cache_length + input_ids.shape[1], device=module.weight.device)
-        return (input_ids,), {**kwargs, "position_ids": self.map_positions(positions)}
-
-    def __repr__(self) -> str:
-        size = f", group_size={self.group_size}" if self.mode == "grouped" else ""
-        return f"PositionMap({self.mode!r}, trained_length={self.trained_length}{size}, offset={self.offset})"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -230,7 +149,7 @@ def check_tokenizer(model: nn.Module, tokenizer: Any) -> None:
 
 def present_stacks(model: nn.Module, stacks: str | Iterable[str] | None = None) -> list[StackSpec]:
     """The stacks of `model` named in `stacks` (default: all present ones), or a `ValueError` listing them."""
-    present = [s for s in architecture_for(model).stacks if get_submodule(model.base_model, s.module) is not None]
+    present = architectures.present_stacks(model)
     if stacks is None:
         return present
     names = [stacks] if isinstance(stacks, str) else list(stacks)
@@ -242,23 +161,12 @@ def present_stacks(model: nn.Module, stacks: str | Iterable[str] | None = None) 
     return [s for s in present if s.name in names]
 
 
-def _config_offset(stack: StackSpec, offset: int) -> int:
-    """Rows the model adds to `config.max_position_embeddings` itself (BART builds `mpe + 2` rows, BERT `mpe`)."""
-    return offset if stack.table_call == "bart" else 0
-
-
-def _config_limit(model: nn.Module, stack: StackSpec) -> int:
-    """The input limit that `config.max_position_embeddings` implies for a stack (RoBERTa: 514 -> 512)."""
-    offset = row_offset(stack, model.config)
-    return model.config.max_position_embeddings + _config_offset(stack, offset) - offset
-
-
-def _stack_entry(model: nn.Module, stack: StackSpec) -> dict[str, Any]:
-    return ((patch_spec(model) or {}).get("stacks") or {}).get(stack.name) or {}
+def _recorded(model: nn.Module, stack: StackSpec) -> StackRecord | None:
+    return stack_record(model.config, stack.name)
 
 
 def _plan_extension(model: nn.Module, stack: StackSpec, table: nn.Embedding, max_length: int, init: str):
-    offset = row_offset(stack, model.config)
+    offset = stack.offset(model.config)
     _check_longer(max_length, table.num_embeddings - offset, stack)
     weight = extended_weight(table.weight, offset, max_length, init)
     return StackLength(stack, "extend", offset, weight=weight, init=init)
@@ -266,7 +174,7 @@ def _plan_extension(model: nn.Module, stack: StackSpec, table: nn.Embedding, max
 
 def _plan_mapping(model: nn.Module, stack: StackSpec, table: nn.Embedding, max_length: int, encoding) -> StackLength:
     """Resolve `group_size` (default `ceil(max_length / T)`) onto the encoding, so that the record rebuilds it."""
-    offset = row_offset(stack, model.config)
+    offset = stack.offset(model.config)
     trained = table.num_embeddings - offset
     _check_longer(max_length, trained, stack)
     if encoding.position_ids == "grouped":
@@ -277,14 +185,14 @@ def _plan_mapping(model: nn.Module, stack: StackSpec, table: nn.Embedding, max_l
                 f"{stack.name}'s {trained} trained rows, fewer than max_length={max_length}. Use "
                 f"group_size >= {math.ceil(max_length / trained)}, or leave it out to get that."
             )
-    position_map = PositionMap(encoding.position_ids, trained, encoding.group_size, offset, stack.table_call)
+    position_map = PositionMap(encoding.position_ids, trained, encoding.group_size, offset, stack)
     return StackLength(stack, "map", offset, position_map=position_map)
 
 
 def plan_for_patch(model: nn.Module, plans: list[StackPlan], max_length: Any, tokenizer: Any) -> LengthPlan | None:
     """Validate `patch_model`'s `max_length` / `tokenizer` against its stack plans; touches nothing but the new
     (not yet installed) encodings, onto which a default `group_size` is resolved."""
-    mapped = [p for p in plans if p.spec.encoding == "learned" and p.encodings[0].position_ids is not None]
+    mapped = [p for p in plans if p.spec.cls.keeps_learned_table and p.encodings[0].position_ids is not None]
     if max_length is None:
         if mapped:
             raise ValueError(
@@ -301,8 +209,8 @@ def plan_for_patch(model: nn.Module, plans: list[StackPlan], max_length: Any, to
 
 def _plan_patched_stack(model: nn.Module, plan: StackPlan, max_length: int) -> StackLength:
     stack, spec = plan.stack, plan.spec
-    table = _current_table(model.base_model, stack)
-    if spec.encoding == "learned":
+    table = current_table(model.base_model, stack)
+    if spec.cls.keeps_learned_table:
         encoding = plan.encodings[0]
         if encoding.position_ids is not None:
             return _plan_mapping(model, stack, table, max_length, encoding)
@@ -310,24 +218,24 @@ def _plan_patched_stack(model: nn.Module, plan: StackPlan, max_length: int) -> S
     if spec.keep_absolute:
         raise ValueError(
             f"keep_absolute=True keeps the {stack.name}'s learned table, which stops at "
-            f"{table.num_embeddings - row_offset(stack, model.config)} positions, and max_length does not say how to "
+            f"{stack.table_limit(table, model.config)} positions, and max_length does not say how to "
             f"fill new rows. Patch without max_length, then grow the kept table with "
             f"hf_posenc.extend_positions(model, {max_length}, init=...)."
         )
-    _check_longer(max_length, _config_limit(model, stack), stack)
-    return StackLength(stack, "bookkeeping", row_offset(stack, model.config))
+    _check_longer(max_length, stack.config_limit(model.config), stack)
+    return StackLength(stack, "bookkeeping", stack.offset(model.config))
 
 
 def _nothing_to_extend(model: nn.Module, stack: StackSpec, table: nn.Module) -> ValueError:
-    entry = _stack_entry(model, stack)
-    encoding = entry.get("encoding", "?")
+    recorded = _recorded(model, stack)
+    encoding = recorded.encoding if recorded else "?"
     if isinstance(table, PositionTable):
         return ValueError(
             f"The {stack.name} has no learned position table to extend: its {encoding!r} encoding computes every "
             "position and runs at any length. To raise the recorded limits (config, buffers, tokenizer) only, call "
             "hf_posenc.set_max_length(model, max_length, tokenizer=...)."
         )
-    mode = entry["options"]["position_ids"]
+    mode = recorded.options["position_ids"]
     return ValueError(
         f"The {stack.name} maps positions into its trained rows (position_ids={mode!r}), so new rows would never be "
         "used. Re-patch with a larger limit instead: hf_posenc.patch_model(model, 'learned', "
@@ -336,8 +244,8 @@ def _nothing_to_extend(model: nn.Module, stack: StackSpec, table: nn.Module) -> 
 
 
 def _is_mapped(model: nn.Module, stack: StackSpec) -> bool:
-    entry = _stack_entry(model, stack)
-    return entry.get("encoding") == "learned" and (entry.get("options") or {}).get("position_ids") is not None
+    recorded = _recorded(model, stack)
+    return recorded is not None and recorded.mapped
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,7 +262,7 @@ def apply_length_plan(model: nn.Module, plan: LengthPlan) -> None:
             _set_weight(table, item.weight)
         elif item.mode == "map":
             handle = table.register_forward_pre_hook(item.position_map, with_kwargs=True)
-            _remember_hook(base.get_submodule(item.stack.module), handle)  # unpatch_model removes it
+            remember_hook(base.get_submodule(item.stack.module), handle)  # unpatch_model removes it
         _grow_stack_limits(base, item, plan.max_length)
     _update_config(model, plan)
     _update_tokenizer(plan.tokenizer, plan.max_length)
@@ -370,9 +278,7 @@ def _set_weight(table: nn.Embedding, weight: torch.Tensor) -> None:
 def _grow_stack_limits(base: nn.Module, item: StackLength, max_length: int) -> None:
     """BERT-style `position_ids` / `token_type_ids` buffers and BART's `max_source/target_positions`."""
     if item.stack.embeddings:
-        embeddings = base.get_submodule(item.stack.embeddings)
-        if embeddings.position_ids.shape[-1] < max_length + item.offset:
-            grow_length_buffers(embeddings, max_length + item.offset)
+        ensure_buffers(base.get_submodule(item.stack.embeddings), max_length + item.offset)
     stack_module = base.get_submodule(item.stack.module)
     for attribute in ("max_source_positions", "max_target_positions"):
         if hasattr(stack_module, attribute):
@@ -387,13 +293,9 @@ def _update_config(model: nn.Module, plan: LengthPlan) -> None:
     for stack in present_stacks(model):
         table = get_submodule(base, stack.table)
         if isinstance(table, nn.Embedding):
-            sizes.append(table.num_embeddings - _config_offset(stack, row_offset(stack, config)))
+            sizes.append(table.num_embeddings - stack.config_rows(config))
     if not sizes:
-        item = plan.stacks[0]
-        sizes = [
-            config.max_position_embeddings,
-            plan.max_length + item.offset - _config_offset(item.stack, item.offset),
-        ]
+        sizes = [config.max_position_embeddings, plan.stacks[0].stack.config_size(plan.max_length, config)]
     config.max_position_embeddings = max(sizes)
 
 
@@ -405,39 +307,33 @@ def _update_tokenizer(tokenizer: Any, max_length: int) -> None:
     tokenizer.init_kwargs["model_max_length"] = max_length
 
 
-def learned_entry(init: str = "copy") -> dict[str, Any]:
+def learned_record(init: str = "copy") -> StackRecord:
     """The record of a stack that keeps its learned table, as `patch_model(model, "learned", init=...)` writes it."""
-    return {
-        "encoding": "learned",
-        "options": {**option_defaults(LearnedAbsolute), "init": init},
-        "keep_absolute": False,
-    }
+    return StackRecord("learned", {**option_defaults(LearnedAbsolute), "init": init})
 
 
 def _record_lengths(model: nn.Module, plan: LengthPlan) -> None:
     """Each changed stack records `max_length` (and its init); every other stack that keeps a learned table records
     its own limit too (BART's stacks may differ, and `max_position_embeddings` can hold only one of them)."""
-    stacks = dict((patch_spec(model) or {}).get("stacks") or {})
-    changed = {item.stack.name: item for item in plan.stacks}
+    record = read_record(model.config) or PatchRecord({})
+    changed, stacks = {item.stack.name: item for item in plan.stacks}, {}
     for stack in present_stacks(model):
-        entry = dict(stacks.get(stack.name) or {})
         item, table = changed.get(stack.name), get_submodule(model.base_model, stack.table)
         if item is None and not isinstance(table, nn.Embedding):
             continue
-        entry = entry or learned_entry()
+        entry = record.stacks.get(stack.name) or learned_record()
         if item is not None and item.mode == "extend":
-            if entry["encoding"] == "learned":
-                entry["options"] = {**entry["options"], "init": item.init}
+            if entry.cls.keeps_learned_table:
+                entry = replace(entry, options={**entry.options, "init": item.init})
             else:
-                entry["table_init"] = item.init  # a hybrid's kept table
-        entry["max_length"] = plan.max_length if item is not None else entry.get("max_length", _limit(model, stack))
-        stacks[stack.name] = entry
-    setattr(model.config, CONFIG_KEY, {"version": __version__, "stacks": stacks})
+                entry = replace(entry, table_init=item.init)  # a hybrid's kept table
+        limit = plan.max_length if item is not None else entry.max_length or _limit(model, stack)
+        stacks[stack.name] = replace(entry, max_length=limit)
+    write_record(model.config, record.with_stacks(stacks))
 
 
 def _limit(model: nn.Module, stack: StackSpec) -> int:
-    table = get_submodule(model.base_model, stack.table)
-    return table.num_embeddings - row_offset(stack, model.config)
+    return stack.table_limit(get_submodule(model.base_model, stack.table), model.config)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -487,6 +383,7 @@ def extend_positions(
         if not isinstance(table, nn.Embedding) or _is_mapped(model, stack):
             raise _nothing_to_extend(model, stack, table)
         items.append(_plan_extension(model, stack, table, max_length, init))
+    own_config(model)
     apply_length_plan(model, LengthPlan(max_length, items, tokenizer))
     return model
 
@@ -510,8 +407,10 @@ def set_max_length(
                 f"The {stack.name} keeps a learned table of {_limit(model, stack)} positions, which bounds its input: "
                 "grow it with hf_posenc.extend_positions(model, max_length, init=...)."
             )
-        _check_longer(max_length, _stack_entry(model, stack).get("max_length") or _config_limit(model, stack), stack)
-        items.append(StackLength(stack, "bookkeeping", row_offset(stack, model.config)))
+        recorded = _recorded(model, stack)
+        _check_longer(max_length, (recorded and recorded.max_length) or stack.config_limit(model.config), stack)
+        items.append(StackLength(stack, "bookkeeping", stack.offset(model.config)))
+    own_config(model)
     apply_length_plan(model, LengthPlan(max_length, items, tokenizer))
     return model
 
@@ -526,17 +425,19 @@ def make_portable(model: nn.Module) -> bool:
     dropped the record, False (changing nothing) otherwise: other encodings, position maps, or BART stacks of
     different lengths, which only hf_posenc's loader can rebuild.
     """
-    stacks = (patch_spec(model) or {}).get("stacks") or {}
-    present = present_stacks(model)
-    if not stacks or set(stacks) != {s.name for s in present}:
+    record, present = read_record(model.config), present_stacks(model)
+    if record is None or set(record.stacks) != {s.name for s in present}:
         return False
     for stack in present:
-        entry, table = stacks[stack.name], get_submodule(model.base_model, stack.table)
-        plain = entry.get("encoding") == "learned" and not entry.get("keep_absolute") and not _is_mapped(model, stack)
-        if not (plain and isinstance(table, nn.Embedding) and _limit(model, stack) == _config_limit(model, stack)):
+        entry, table = record.stacks[stack.name], get_submodule(model.base_model, stack.table)
+        plain = entry.cls.keeps_learned_table and not entry.keep_absolute and not entry.mapped
+        if not (
+            plain and isinstance(table, nn.Embedding) and _limit(model, stack) == stack.config_limit(model.config)
+        ):
             return False
-    _remove_patch(model)  # `patch_model(model, "learned", ...)` also left a (no-op) stack hook
+    remove_patch(model)  # `patch_model(model, "learned", ...)` also left a (no-op) stack hook
     delattr(model.config, CONFIG_KEY)
+    release_config(model)
     return True
 
 
@@ -575,71 +476,3 @@ def copy_sentence_transformers_files(source: str | Path, target: str | Path) -> 
         if path and (source / path).is_dir():
             shutil.copytree(source / path, target / path, dirs_exist_ok=True)
     return True
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Command line: hf-posenc extend CHECKPOINT OUTPUT --max-length N [--init copy] [--stacks encoder]
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _load_checkpoint(checkpoint: str) -> nn.Module:
-    """The model with its task head (`config.architectures`, looked up only inside `transformers`), plain or
-    saved by hf_posenc (`hf_posenc.hub.from_pretrained` rebuilds a patch)."""
-    from .hub import from_pretrained
-
-    return from_pretrained(checkpoint)
-
-
-def _load_tokenizer(checkpoint: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(checkpoint)
-    except (OSError, ValueError, TypeError):  # a folder without tokenizer files
-        return None
-
-
-def run_extend(args) -> int:
-    """`hf-posenc extend`: load, extend, save model + tokenizer (+ sentence-transformers files).
-
-    The output is a plain transformers checkpoint (see `make_portable`) unless only some of BART's stacks grew.
-    """
-    source = Path(args.checkpoint)
-    if not source.is_dir():
-        raise FileNotFoundError(f"{source} is not a local checkpoint folder (config.json, weights, tokenizer).")
-    max_length, init = check_max_length(args.max_length), check_init(args.init)
-    model, tokenizer = _load_checkpoint(str(source)), _load_tokenizer(str(source))
-    extend_positions(model, max_length, init=init, tokenizer=tokenizer, stacks=args.stacks)
-    portable = make_portable(model)  # an extension alone needs no hf_posenc to load: write a plain checkpoint
-    model.save_pretrained(args.output)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(args.output)
-    sentence_transformers = copy_sentence_transformers_files(source, args.output)
-    if sentence_transformers:
-        update_max_seq_length(args.output, max_length)
-    saved = [
-        "model",
-        *(["tokenizer"] if tokenizer is not None else []),
-        *(["sentence-transformers files"] if sentence_transformers else []),
-    ]
-    print(f"Extended {source} to {max_length} positions (init={init!r}); saved {', '.join(saved)} to {args.output}")
-    if not portable:
-        print("It keeps an hf_posenc record (other encodings, or stacks of different lengths): load it with")
-        print("hf_posenc.from_pretrained, or with the transformers Auto classes after `import hf_posenc`.")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "extend",
-        help="grow a checkpoint's learned position table (e.g. 512 -> 4096) and save it with its tokenizer",
-        description=extend_positions.__doc__.splitlines()[0],
-    )
-    parser.add_argument("checkpoint", help="local checkpoint folder (config.json, weights, tokenizer)")
-    parser.add_argument("output", help="folder to write the extended checkpoint to")
-    parser.add_argument("--max-length", type=int, required=True, help="the new number of positions")
-    parser.add_argument("--init", default="copy", choices=EXTENSION_INITS, help="how to fill the new rows")
-    parser.add_argument(
-        "--stacks", nargs="+", default=None, help="stacks to grow (BART: encoder, decoder); default all"
-    )
-    parser.set_defaults(func=run_extend)

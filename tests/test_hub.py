@@ -368,7 +368,9 @@ def test_direct_class_loading_without_hf_posenc_fails_naming_it(tmp_path, model_
 
 def test_direct_class_loading_is_refused_once_hf_posenc_is_imported(tmp_path):
     folder = save(patched("bert", "alibi", "BertForSequenceClassification"), tmp_path)
-    with pytest.raises(ValueError, match=r"hf_posenc\.from_pretrained"):
+    with pytest.raises(
+        KeyError, match=r"hf_posenc\.from_pretrained"
+    ):  # the trip-wire: no transformers class is hooked
         tf.BertForSequenceClassification.from_pretrained(folder)
 
 
@@ -415,7 +417,6 @@ CORRUPTIONS = {
     "unknown stack": (lambda c: c["posenc"]["stacks"].update(middle={}), "unknown stack"),
     "unknown encoding": (lambda c: c["posenc"]["stacks"]["encoder"].update(encoding="fourier"), "unknown encoding"),
     "unknown option": (lambda c: c["posenc"]["stacks"]["encoder"]["options"].update(slope=2), "unknown option"),
-    "unknown field": (lambda c: c["posenc"]["stacks"]["encoder"].update(window=8), "unknown field"),
     "bad option value": (lambda c: c["posenc"]["stacks"]["encoder"]["options"].update(slope_scale=-1), "cannot be"),
     "newer major": (lambda c: c["posenc"].update(version="1.0.0"), "newer major"),
     "no version": (lambda c: c["posenc"].pop("version"), "no valid version"),
@@ -429,6 +430,16 @@ def test_corrupted_posenc_block_is_a_clear_error(tmp_path, case):
     edit_config(folder, change)
     with pytest.raises(ValueError, match=message):
         hf_posenc.from_pretrained(folder)
+
+
+def test_fields_of_a_newer_version_warn_and_are_ignored(tmp_path):
+    model = patched("bert", "alibi")
+    folder = save(model, tmp_path)
+    edit_config(folder, lambda c: (c["posenc"]["stacks"]["encoder"].update(window=8), c["posenc"].update(seen=1)))
+    with pytest.warns(hf_posenc.record.RecordWarning, match="ignoring field"):
+        reloaded = hf_posenc.from_pretrained(folder)
+    assert_identical(model, reloaded)
+    assert "window" not in hf_posenc.patch_spec(reloaded)["stacks"]["encoder"]
 
 
 @pytest.mark.parametrize(
@@ -477,6 +488,7 @@ def run_results(encoding: str, seed: int = 0, accuracy: float = 0.7) -> dict:
         "config": {"model": "all-MiniLM-L6-v2", "encoding": encoding, "dataset": "pang_lee", "train_length": 128,
                    "epochs": 3, "learning_rate": 5e-5, "seed": seed, "output_dir": "recipes/results/x"},
         "patch_spec": {"version": "0.1.0", "stacks": {"encoder": {"encoding": encoding, "options": {}}}},
+        "dataset_info": {"name": "pang_lee", "citation": "Bo Pang and Lillian Lee. A Sentimental Education (2004)."},
         "metrics": {
             "128": {"accuracy": accuracy, "macro_f1": accuracy - 0.01, "n": 300, "seconds": 3.0, "seq_per_s": 99.0},
             "512": {"accuracy": accuracy + 0.05, "macro_f1": accuracy + 0.04, "n": 300, "seconds": 9.0},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -327,3 +328,72 @@ def test_unpatch_after_max_length_restores_the_limit(arch):
     hf_posenc.patch_model(model, "alibi", max_length=4 * MAX_POSITIONS)
     hf_posenc.unpatch_model(model)
     assert model.config.max_position_embeddings == limit
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One option schema for every call form
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_options_are_validated_when_stacks_are_named():
+    bart = tiny_model("bart")
+    before = {k: v.clone() for k, v in bart.state_dict().items()}
+    with pytest.raises(TypeError, match=r"\['bas', 'totally_bogus'\].*Valid options"):
+        hf_posenc.patch_model(bart, encoder="rope", decoder="rope", bas=500, totally_bogus="x")
+    assert hf_posenc.patch_spec(bart) is None
+    assert all(torch.equal(before[k], v) for k, v in bart.state_dict().items())
+
+
+def test_options_apply_to_a_stack_named_alone():
+    model = hf_posenc.patch_model(tiny_model("bert"), encoder="rope", base=500)
+    assert hf_posenc.patch_spec(model)["stacks"]["encoder"]["options"]["base"] == 500
+
+
+def test_options_apply_to_every_stack_requested_by_name():
+    bart = hf_posenc.patch_model(tiny_model("bart"), encoder="rope", decoder={"encoding": "rope", "base": 20}, base=50)
+    stacks = hf_posenc.patch_spec(bart)["stacks"]
+    assert stacks["encoder"]["options"]["base"] == 50 and stacks["decoder"]["options"]["base"] == 20
+
+
+def test_options_that_no_stack_takes_are_refused():
+    with pytest.raises(TypeError, match="own request dict"):
+        hf_posenc.patch_model(tiny_model("bart"), encoder={"encoding": "rope"}, decoder={"encoding": "t5"}, base=5)
+    with pytest.raises(TypeError, match=r"'base'.*'t5'.*apply to every stack"):
+        hf_posenc.patch_model(tiny_model("bart"), encoder="t5", decoder="rope", base=500)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# State lives on the patched instance
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_models_sharing_a_config_are_patched_alone():
+    config = tiny_model("bert").config
+    a, b = tf.BertModel(config), tf.BertModel(config)
+    hf_posenc.patch_model(a, "alibi")
+    assert hf_posenc.patch_spec(b) is None and b.config.model_type == "bert"
+    assert b.config._attn_implementation != hf_posenc.BACKEND
+    assert all(m.config is a.config for m in a.modules() if "config" in vars(m))
+    assert "posenc" not in b.config.to_dict() or b.config.to_dict()["posenc"] is None
+    hf_posenc.patch_model(b, "rope")
+    assert hf_posenc.patch_spec(a)["stacks"]["encoder"]["encoding"] == "alibi"
+
+
+def test_no_transformers_class_is_modified():
+    assert tf.BertConfig.to_dict is tf.PreTrainedConfig.to_dict
+    assert "save_pretrained" not in vars(tf.BertConfig)
+    model = hf_posenc.patch_model(tiny_model("bert"), "alibi")
+    assert type(model.config).__name__ == "PatchedBertConfig" and model.config.model_type == "bert"
+    assert model.config.to_dict()["model_type"] == "posenc-bert"
+    hf_posenc.unpatch_model(model)
+    assert type(model.config) is tf.BertConfig and model.config.to_dict()["model_type"] == "bert"
+
+
+def test_patched_models_pickle_and_deepcopy():
+    model = hf_posenc.patch_model(tiny_model("bert"), "rope", base=500)
+    batch = {"input_ids": torch.arange(3, 20).unsqueeze(0)}
+    expected = model(**batch).last_hidden_state
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(clone.config) is type(model.config)
+        assert clone.config.to_dict()["model_type"] == "posenc-bert"
+        torch.testing.assert_close(clone(**batch).last_hidden_state, expected)

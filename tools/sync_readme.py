@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hf_posenc.architectures import step0_table, support_table
+from hf_posenc.docs import step0_table, support_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTIONS = {"support-table": support_table, "step0-table": step0_table}

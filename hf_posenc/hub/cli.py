@@ -1,8 +1,9 @@
-"""The `hf-posenc patch`, `inspect` and `push` subcommands, and `inspect_checkpoint`.
+"""The `hf-posenc patch`, `inspect`, `push` and `extend` subcommands, and `inspect_checkpoint`.
 
 hf-posenc patch CHECKPOINT OUTPUT --encoding rope [--encoder X --decoder Y] [--option base=500 ...] [--keep-absolute]
 hf-posenc inspect CHECKPOINT [--json]
 hf-posenc push FOLDER REPO_ID [--dry-run] [--results results.json] [--private]
+hf-posenc extend CHECKPOINT OUTPUT --max-length N [--init copy] [--stacks encoder]
 """
 
 from __future__ import annotations
@@ -14,18 +15,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..architectures import ARCHITECTURES, row_offset
-from ..encodings import ENCODINGS
-from ..patching import patch_model, patch_spec
-from .loading import (
-    CONFIG_KEY,
-    LoadPlan,
-    from_pretrained,
-    load_plan,
-    read_config,
-    saved_architecture,
-    weight_files,
+from safetensors import safe_open
+from transformers import AutoTokenizer
+
+from ..architectures import ARCHITECTURES, present_stacks
+from ..encodings import ENCODINGS, EXTENSION_INITS
+from ..extension import (
+    check_init,
+    check_max_length,
+    copy_sentence_transformers_files,
+    extend_positions,
+    make_portable,
+    update_max_seq_length,
 )
+from ..patching import patch_model, patch_spec
+from ..record import CONFIG_KEY, StackRecord
+from .assets import resolve_checkpoint
+from .format import LoadPlan, read_config, saved_architecture, weight_files
+from .loading import from_pretrained, load_plan
+from .publish import PushError, push_to_hub
 
 # ---------------------------------------------------------------------------------------------------------------------
 # inspect: what a checkpoint is, from its config and safetensors header (no model is built)
@@ -48,7 +56,7 @@ def inspect_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
         }
     shapes = {key: shape for key, shape in _header_shapes(folder).items() if key is not None}
     kind = (
-        f"hf_posenc-patched {config['model_type']} (hf_posenc {config[CONFIG_KEY].get('version')})"
+        f"hf_posenc-patched {config['model_type']} (hf_posenc {plan.record.version})"
         if plan.source == "hf_posenc"
         else f"legacy: {plan.source}; hf_posenc.from_pretrained imports it as a patched {plan.base_type} model"
     )
@@ -57,14 +65,12 @@ def inspect_checkpoint(folder: str | os.PathLike) -> dict[str, Any]:
         "folder": str(folder),
         "kind": kind,
         "class": plan.architecture,
-        "posenc": config.get(CONFIG_KEY),
+        "posenc": config.get(CONFIG_KEY),  # as written (legacy checkpoints have none)
         "stacks": stacks,
     }
 
 
 def _header_shapes(folder: Path) -> dict[str | None, tuple[int, ...]]:
-    from safetensors import safe_open
-
     shapes = {}
     for path in weight_files(folder):
         with safe_open(path, "pt") as handle:
@@ -73,21 +79,20 @@ def _header_shapes(folder: Path) -> dict[str | None, tuple[int, ...]]:
     return shapes
 
 
-def _stack_summary(plan: LoadPlan, name: str, entry: dict[str, Any], shapes: dict) -> dict[str, Any]:
+def _stack_summary(plan: LoadPlan, name: str, entry: StackRecord, shapes: dict) -> dict[str, Any]:
     stack = next(s for s in ARCHITECTURES[plan.base_type].stacks if s.name == name)
     module = stack.module.split(".")
     renamed = {plan.rename(k): v for k, v in shapes.items()}
     in_stack = [k for k in renamed if k and _contains(k.split("."), module)]
     learned = sum(_numel(renamed[k]) for k in in_stack if ".posenc." in k)
     table = [k for k in renamed if k and k.endswith(stack.table + ".weight")]
-    kept = bool(table) and (entry["encoding"] == "learned" or entry.get("keep_absolute"))
+    kept = bool(table) and entry.keeps_table
     return {
-        "encoding": entry["encoding"],
-        "options": entry["options"],
-        "absolute table": ("kept" if kept else "replaced") + (" (hybrid)" if entry.get("keep_absolute") else ""),
+        "encoding": entry.encoding,
+        "options": entry.options,
+        "absolute table": ("kept" if kept else "replaced") + (" (hybrid)" if entry.keep_absolute else ""),
         "position parameters": learned + (_numel(renamed[table[0]]) if kept else 0),
-        "max_length": entry.get("max_length")
-        or (renamed[table[0]][0] - row_offset(stack, plan.config) if kept else None),
+        "max_length": entry.max_length or (renamed[table[0]][0] - stack.offset(plan.config) if kept else None),
     }
 
 
@@ -133,8 +138,6 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 
 def tokenizer_of(checkpoint: str | os.PathLike):
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(checkpoint)
     except (OSError, ValueError, TypeError):  # a checkpoint without tokenizer files
@@ -142,18 +145,18 @@ def tokenizer_of(checkpoint: str | os.PathLike):
 
 
 def _cli_patch(args: argparse.Namespace) -> int:
-    from ..recipes.data import resolve_checkpoint
-
     options = dict(parse_option(o) for o in args.option)
-    requests = {}
+    requests: dict[str, str | dict] = {}
     for name in ("encoder", "decoder"):
         value, extra = getattr(args, name), dict(parse_option(o) for o in getattr(args, f"{name}_option"))
-        if value is not None:
-            requests[name] = {"encoding": value, **options, **extra, "keep_absolute": args.keep_absolute}
+        if value is not None:  # a bare name takes --option through patch_model; with its own options, a dict
+            requests[name] = {"encoding": value, **options, **extra} if extra else value
     if args.encoding is None and not requests:
         raise ValueError("Name an encoding: --encoding NAME, or --encoder NAME / --decoder NAME.")
     checkpoint = resolve_checkpoint(args.checkpoint)
     model, tokenizer = from_pretrained(checkpoint), tokenizer_of(checkpoint)
+    by_name = any(isinstance(v, str) for v in requests.values())
+    by_name = by_name or (args.encoding is not None and any(s.name not in requests for s in present_stacks(model)))
     patch_model(
         model,
         args.encoding,
@@ -161,7 +164,7 @@ def _cli_patch(args: argparse.Namespace) -> int:
         keep_absolute=args.keep_absolute,
         replace=args.replace,
         **({"max_length": args.max_length, "tokenizer": tokenizer} if args.max_length else {}),
-        **({} if requests and args.encoding is None else options),
+        **(options if by_name else {}),
     )
     model.save_pretrained(args.output)
     if tokenizer is not None:
@@ -178,8 +181,6 @@ def _cli_inspect(args: argparse.Namespace) -> int:
 
 
 def _cli_push(args: argparse.Namespace) -> int:
-    from .publish import PushError, push_to_hub
-
     model, tokenizer = from_pretrained(args.folder), tokenizer_of(args.folder)
     try:
         result = push_to_hub(
@@ -203,8 +204,59 @@ def _cli_push(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line: hf-posenc extend CHECKPOINT OUTPUT --max-length N [--init copy] [--stacks encoder]
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _cli_extend(args: argparse.Namespace) -> int:
+    """`hf-posenc extend`: load, extend, save model + tokenizer (+ sentence-transformers files).
+
+    The output is a plain transformers checkpoint (see `make_portable`) unless only some of BART's stacks grew.
+    """
+    source = Path(args.checkpoint)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is not a local checkpoint folder (config.json, weights, tokenizer).")
+    max_length, init = check_max_length(args.max_length), check_init(args.init)
+    model, tokenizer = from_pretrained(str(source)), tokenizer_of(str(source))
+    extend_positions(model, max_length, init=init, tokenizer=tokenizer, stacks=args.stacks)
+    portable = make_portable(model)  # an extension alone needs no hf_posenc to load: write a plain checkpoint
+    model.save_pretrained(args.output)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(args.output)
+    sentence_transformers = copy_sentence_transformers_files(source, args.output)
+    if sentence_transformers:
+        update_max_seq_length(args.output, max_length)
+    saved = [
+        "model",
+        *(["tokenizer"] if tokenizer is not None else []),
+        *(["sentence-transformers files"] if sentence_transformers else []),
+    ]
+    print(f"Extended {source} to {max_length} positions (init={init!r}); saved {', '.join(saved)} to {args.output}")
+    if not portable:
+        print("It keeps an hf_posenc record (other encodings, or stacks of different lengths): load it with")
+        print("hf_posenc.from_pretrained, or with the transformers Auto classes after `import hf_posenc`.")
+    return 0
+
+
+def _register_extend(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extend",
+        help="grow a checkpoint's learned position table (e.g. 512 -> 4096) and save it with its tokenizer",
+        description=extend_positions.__doc__.splitlines()[0],
+    )
+    parser.add_argument("checkpoint", help="local checkpoint folder (config.json, weights, tokenizer)")
+    parser.add_argument("output", help="folder to write the extended checkpoint to")
+    parser.add_argument("--max-length", type=int, required=True, help="the new number of positions")
+    parser.add_argument("--init", default="copy", choices=list(EXTENSION_INITS), help="how to fill the new rows")
+    parser.add_argument(
+        "--stacks", nargs="+", default=None, help="stacks to grow (BART: encoder, decoder); default all"
+    )
+    parser.set_defaults(func=_cli_extend)
+
+
 def register_cli(subparsers) -> None:
-    """The `patch`, `inspect` and `push` subcommands."""
+    """The `patch`, `inspect`, `push` and `extend` subcommands."""
     patch = subparsers.add_parser(
         "patch", help="load a checkpoint, swap its position encoding, save model + tokenizer"
     )
@@ -240,3 +292,5 @@ def register_cli(subparsers) -> None:
     push.add_argument("--license", help="license id for the card, normally the base model's (e.g. apache-2.0)")
     push.add_argument("--dataset", action="append", default=[], help="dataset the model was trained on (repeatable)")
     push.set_defaults(func=_cli_push)
+
+    _register_extend(subparsers)

@@ -22,7 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..architectures import ARCHITECTURES
-from .loading import LoadPlan, saved_architecture
+from ..record import PatchRecord, StackRecord
+from .format import LoadPlan, saved_architecture
 
 RELATIVE_TYPES = ("relative_key", "relative_key_query")
 BERT_LIKE = tuple(t for t, spec in ARCHITECTURES.items() if spec.stacks[0].self_attention == "attention.self")
@@ -48,11 +49,11 @@ def _base_config(config: dict[str, Any]) -> dict[str, Any]:
 def _relative_plan(config: dict[str, Any]) -> LoadPlan:
     encoding = config["position_embedding_type"]
     max_distance = int(config.get("max_position_embeddings", 512)) - 1
-    stacks = {"encoder": {"encoding": encoding, "options": {"max_distance": max_distance}, "keep_absolute": False}}
+    record = PatchRecord({"encoder": StackRecord(encoding, {"max_distance": max_distance})})
     return LoadPlan(
         config["model_type"],
         _base_config(config),
-        stacks,
+        record,
         saved_architecture(config),
         rename=_rename_relative,
         source=f"transformers 4.x {config['model_type']} with position_embedding_type={encoding!r}",
@@ -69,12 +70,12 @@ def _rename_relative(key: str) -> str | None:
 
 def _nezha_plan(config: dict[str, Any]) -> LoadPlan:
     max_distance = int(config.get("max_relative_position", NEZHA_DEFAULT_MAX_RELATIVE_POSITION))
-    stacks = {"encoder": {"encoding": "nezha", "options": {"max_distance": max_distance}, "keep_absolute": False}}
+    record = PatchRecord({"encoder": StackRecord("nezha", {"max_distance": max_distance})})
     architecture = saved_architecture(config)
     bert_architecture = "Bert" + architecture.removeprefix("Nezha") if architecture else None
     base = _base_config(config)
     base["architectures"] = [bert_architecture] if bert_architecture else None
-    return LoadPlan("bert", base, stacks, bert_architecture, rename=_rename_nezha, source="transformers 4.x NEZHA")
+    return LoadPlan("bert", base, record, bert_architecture, rename=_rename_nezha, source="transformers 4.x NEZHA")
 
 
 def _rename_nezha(key: str) -> str | None:

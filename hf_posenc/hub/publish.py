@@ -17,15 +17,19 @@ from typing import Any
 
 from torch import nn
 
-from .. import __version__
-from ..architectures import architecture_for, get_submodule, row_offset
-from ..encodings import ENCODINGS
+from ..architectures import architecture_for, get_submodule
 from ..patching import patch_spec
-from .loading import POSENC_PREFIX, auto_targets
+from ..record import PatchRecord, read_record
+from ..version import __version__
+from .assets import MINILM_NAMES
+from .format import POSENC_PREFIX, auto_targets
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Recipe results: the minimal schema the model card reads
 # ---------------------------------------------------------------------------------------------------------------------
+
+DATASET_INFO_KEY = "dataset_info"
+"""The results.json entry that says how to cite the training data: `{"name": ..., "citation": ...}` or a list."""
 
 TIMING_KEYS = {"n", "seconds", "seq_per_s", "examples", "steps"}
 """Per-length values that are bookkeeping, not metrics."""
@@ -42,6 +46,8 @@ class RecipeResults:
         recipe: what kind of run it was ("classification", "sweep", ...).
         seeds: the seeds of the runs read.
         specs: variant -> the `posenc` block of the model its runs trained, where the results record it.
+        dataset_citations: dataset name -> how to cite it, from the results' `dataset_info` entries
+            (`{"name": ..., "citation": ...}`, or a list of them, at the top level or in a run).
     """
 
     table: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
@@ -50,6 +56,7 @@ class RecipeResults:
     recipe: str | None = None
     seeds: list[Any] = field(default_factory=list)
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dataset_citations: dict[str, str] = field(default_factory=dict)
 
     @property
     def lengths(self) -> list[str]:
@@ -84,6 +91,7 @@ def read_results(results: str | os.PathLike | dict | None) -> RecipeResults:
         raise ValueError(f"Results must be {RESULTS_SCHEMA}; got {type(results).__name__}.")
     runs = results.get("runs") if isinstance(results.get("runs"), list) else [results]
     parsed = RecipeResults(recipe=results.get("kind") or results.get("recipe"), baseline=results.get("baseline") or {})
+    _add_dataset_info(parsed, results.get(DATASET_INFO_KEY))
     for run in runs:
         _add_run(parsed, run)
     if not parsed.table:
@@ -91,9 +99,17 @@ def read_results(results: str | os.PathLike | dict | None) -> RecipeResults:
     return parsed
 
 
+def _add_dataset_info(parsed: RecipeResults, info: Any) -> None:
+    """Collect `{"name": ..., "citation": ...}` entries (one or a list); anything else is ignored."""
+    for entry in info if isinstance(info, list) else [info]:
+        if isinstance(entry, dict) and isinstance(entry.get("citation"), str) and entry["citation"]:
+            parsed.dataset_citations.setdefault(str(entry.get("name") or ""), entry["citation"])
+
+
 def _add_run(parsed: RecipeResults, run: Any) -> None:
     if not isinstance(run, dict):
         return
+    _add_dataset_info(parsed, run.get(DATASET_INFO_KEY))
     metrics = run.get("metrics", run.get("results"))
     if isinstance(metrics, list):
         metrics = {str(r.get("length", r.get("max_length"))): r for r in metrics if isinstance(r, dict)}
@@ -124,7 +140,10 @@ def results_for(model: nn.Module, results: RecipeResults) -> RecipeResults:
         found = {v: _encodings(s) for v, s in results.specs.items()}
         raise ValueError(f"The results are for encoding(s) {found}, but the model is patched with {_encodings(ours)}.")
     table = {v: results.table[v] for v in keep}
-    return RecipeResults(table, results.baseline, results.settings, results.recipe, results.seeds, results.specs)
+    return RecipeResults(
+        table, results.baseline, results.settings, results.recipe, results.seeds, results.specs,
+        results.dataset_citations,
+    )  # fmt: skip
 
 
 def _same_patch(spec: dict[str, Any], ours: dict[str, Any]) -> bool:
@@ -184,7 +203,7 @@ def render_model_card(
         datasets: the datasets it was trained on; default the results' dataset.
         template: a `string.Template` with the placeholders of `hf_posenc/templates/model_card.md`.
     """
-    spec = patch_spec(model)
+    spec = read_record(model.config)
     if spec is None:
         raise ValueError("The model is not patched by hf_posenc; there is no position-encoding card to write.")
     parsed = results_for(model, results if isinstance(results, RecipeResults) else read_results(results))
@@ -196,13 +215,13 @@ def render_model_card(
         "title": repo_id.split("/")[-1] if repo_id else f"{type(model).__name__} with {_spec_words(spec)}",
         "summary": _summary(model, spec, base_model),
         "patch_table": _patch_table(model, spec),
-        "step0": "\n".join(f"- {n}: {ENCODINGS[e['encoding']].step0}." for n, e in spec["stacks"].items()),
+        "step0": "\n".join(f"- {n}: {e.cls.step0}." for n, e in spec.stacks.items()),
         "load_snippet": _load_snippet(model, repo_id or "path/to/this/folder"),
         "model_type": POSENC_PREFIX + model.config.model_type,
         "recipe": _recipe_section(parsed),
         "results": _results_section(parsed),
         "limitations": _limitations(model, spec, parsed),
-        "citations": _citations(spec, datasets),
+        "citations": _citations(spec, parsed),
         "version": __version__,
     }
     return string.Template(Path(template).read_text(encoding="utf-8")).substitute(fields)
@@ -210,8 +229,6 @@ def render_model_card(
 
 def _hub_id(name: Any) -> str | None:
     """A Hub model id, or None for local paths and names that are not ids (all-MiniLM-L6-v2 gets its namespace)."""
-    from ..recipes.data import MINILM_NAMES
-
     if not _is_id(name):
         return None
     return MINILM_NAMES[-1] if name in MINILM_NAMES else name
@@ -231,10 +248,10 @@ def _is_id(name: Any) -> bool:
     return True
 
 
-def _metadata(model, spec, base_model, license, datasets) -> str:
+def _metadata(model, spec: PatchRecord, base_model, license, datasets) -> str:
     from huggingface_hub import ModelCardData
 
-    encodings = sorted({entry["encoding"] for entry in spec["stacks"].values()})
+    encodings = sorted({entry.encoding for entry in spec.stacks.values()})
     suffix = next((s for s in PIPELINE_TAGS if type(model).__name__.endswith(s)), None)
     data = ModelCardData(
         base_model=base_model,
@@ -253,34 +270,34 @@ def _metadata(model, spec, base_model, license, datasets) -> str:
     return data.to_yaml()
 
 
-def _spec_words(spec) -> str:
-    return ", ".join(f"{entry['encoding']} ({name})" for name, entry in spec["stacks"].items())
+def _spec_words(spec: PatchRecord) -> str:
+    return ", ".join(f"{entry.encoding} ({name})" for name, entry in spec.stacks.items())
 
 
-def _summary(model, spec, base_model) -> str:
+def _summary(model, spec: PatchRecord, base_model) -> str:
     source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a pretrained checkpoint"
     return (
         f"This is {source} as a `{type(model).__name__}` whose position encoding was replaced with hf_posenc "
-        f"{spec.get('version', __version__)} (`pip install hf-posenc`): {_spec_words(spec)}."
+        f"{spec.version} (`pip install hf-posenc`): {_spec_words(spec)}."
     )
 
 
-def _patch_table(model, spec) -> str:
+def _patch_table(model, spec: PatchRecord) -> str:
     lines = [
         "| stack | encoding | options | absolute table | learned position parameters | input limit |",
         "|---" * 6 + "|",
     ]
     for stack in architecture_for(model).stacks:
-        entry = spec["stacks"].get(stack.name)
+        entry = spec.stacks.get(stack.name)
         if entry is None:
             continue
-        options = ", ".join(f"`{k}={v!r}`" for k, v in entry["options"].items()) or "-"
+        options = ", ".join(f"`{k}={v!r}`" for k, v in entry.options.items()) or "-"
         table = get_submodule(model.base_model, stack.table)
         kept = isinstance(table, nn.Embedding)
-        absolute = "kept (hybrid)" if entry.get("keep_absolute") else "kept" if kept else "replaced"
+        absolute = "kept (hybrid)" if entry.keep_absolute else "kept" if kept else "replaced"
         count = _position_parameters(model, stack, kept)
-        limit = entry.get("max_length") or (table.num_embeddings - row_offset(stack, model.config) if kept else "none")
-        lines.append(f"| {stack.name} | `{entry['encoding']}` | {options} | {absolute} | {count:,} | {limit} |")
+        limit = entry.max_length or (stack.table_limit(table, model.config) if kept else "none")
+        lines.append(f"| {stack.name} | `{entry.encoding}` | {options} | {absolute} | {count:,} | {limit} |")
     return "\n".join(lines)
 
 
@@ -374,13 +391,13 @@ def _cell(values: list[float] | None) -> str:
     return f"{mean:.4g} ± {spread:.2g}"
 
 
-def _limitations(model, spec, parsed: RecipeResults) -> str:
+def _limitations(model, spec: PatchRecord, parsed: RecipeResults) -> str:
     items = [
         f"Loading needs hf_posenc (and transformers 5): without it transformers refuses the model type "
         f"`{POSENC_PREFIX}{model.config.model_type}`. Tools that key on `model_type` (inference servers, ONNX "
         "exporters, PEFT's default LoRA targets) do not recognize it either; with PEFT, name `target_modules`.",
     ]
-    if any(ENCODINGS[e["encoding"]].kind == "relative" for e in spec["stacks"].values()):
+    if any(e.cls.kind == "relative" for e in spec.stacks.values()):
         items.append(
             "Relative encodings run in the `posenc` attention backend (PyTorch SDPA plus a bias or rotation); "
             "`eager` and FlashAttention are not supported."
@@ -394,17 +411,10 @@ def _limitations(model, spec, parsed: RecipeResults) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
-def _citations(spec, datasets: list[str]) -> str:
-    items = [ENCODINGS[e["encoding"]].citation for e in spec["stacks"].values()]
-    try:
-        from ..recipes.data import DATASET_ALIASES, OFFLINE_DATASETS
-
-        for name in datasets:
-            entry = OFFLINE_DATASETS.get(DATASET_ALIASES.get(name, name))
-            if entry is not None:
-                items.append(entry.citation)
-    except ImportError:  # pragma: no cover - hf_posenc.data is part of the package
-        pass
+def _citations(spec: PatchRecord, parsed: RecipeResults) -> str:
+    """The encodings' papers, then the training data's citations as the results give them (none without)."""
+    items = [e.cls.citation for e in spec.stacks.values()]
+    items += list(parsed.dataset_citations.values())
     unique = [c for i, c in enumerate(items) if c and c not in items[:i]]
     return "\n".join(f"- {c}" for c in unique)
 
@@ -512,10 +522,8 @@ def push_to_hub(
         if dry_run:
             print(_listing(repo_id, files, private))
             return PushResult(repo_id, files)
-        message = (
-            commit_message
-            or f"Upload {type(model).__name__} patched with {_spec_words(patch_spec(model))} (hf_posenc {__version__})"
-        )
+        words = _spec_words(read_record(model.config))
+        message = commit_message or f"Upload {type(model).__name__} patched with {words} (hf_posenc {__version__})"
         return PushResult(repo_id, files, _upload(folder, repo_id, private, token, message))
 
 
