@@ -22,7 +22,7 @@ LAYERS = [
     "hf_posenc.attention",
     "hf_posenc.encodings",
     "hf_posenc.relative_terms | hf_posenc.blockwise | hf_posenc.architectures",
-    "hf_posenc.version",
+    "hf_posenc.version | hf_posenc.option_checks",
 ]
 """Highest first: a module may import the layers below its own, never above (nor its siblings on one line)."""
 
