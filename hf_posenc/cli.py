@@ -14,7 +14,7 @@ import sys
 CLI_MODULES: tuple[str, ...] = (
     "hf_posenc.extension",
     "hf_posenc.hub.cli",
-    "hf_posenc.recipes.training",
+    "hf_posenc.recipes.cli",
     "hf_posenc.bench.harness",
 )
 """Modules that contribute subcommands (`register_cli`)."""

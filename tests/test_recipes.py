@@ -18,8 +18,9 @@ import torch
 from recipe_fixtures import make_reviews_csv, make_running_text, make_tiny_bert
 
 from hf_posenc import cli
-from hf_posenc.recipes.reporting import SweepConfig, run_sweep
-from hf_posenc.recipes.training import RunConfig, classification_dataloaders, load_adapted_encoder, run_classification
+from hf_posenc.recipes.classification import classification_dataloaders, load_adapted_encoder, run_classification
+from hf_posenc.recipes.settings import RunConfig, Seq2SeqConfig, SweepConfig
+from hf_posenc.recipes.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -303,7 +304,7 @@ def test_seq2seq_recipe_marks_results_as_not_pretrained_bart(assets, tmp_path):
 
 
 def test_seq2seq_task_from_a_local_file(assets, tmp_path):
-    from hf_posenc.recipes.seq2seq import Seq2SeqConfig, run_seq2seq
+    from hf_posenc.recipes.seq2seq import run_seq2seq
 
     pairs = tmp_path / "pairs.csv"
     words = [f"w{i}" for i in range(40)]

@@ -22,6 +22,7 @@ from ..architectures import architecture_for, get_submodule, row_offset
 from ..encodings import ENCODINGS
 from ..patching import patch_spec
 from .loading import POSENC_PREFIX, auto_targets
+from .provenance import format_mean_std as _cell
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Recipe results: the minimal schema the model card reads
@@ -362,16 +363,6 @@ def _results_section(parsed: RecipeResults) -> str:
         else ("Columns are evaluation lengths in tokens; one seed.")
     )
     return note + "\n\n" + "\n\n".join(blocks)
-
-
-def _cell(values: list[float] | None) -> str:
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.4g}"
-    spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.4g} ± {spread:.2g}"
 
 
 def _limitations(model, spec, parsed: RecipeResults) -> str:
