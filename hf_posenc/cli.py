@@ -15,7 +15,7 @@ CLI_MODULES: tuple[str, ...] = (
     "hf_posenc.extension",
     "hf_posenc.hub.cli",
     "hf_posenc.recipes.cli",
-    "hf_posenc.bench.harness",
+    "hf_posenc.bench.cli",
 )
 """Modules that contribute subcommands (`register_cli`)."""
 
