@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..patching import patch_model, patch_spec
-from .data import load_running_text, resolve_checkpoint, special_tokens
+from .data import dataset_info, load_running_text, resolve_checkpoint, special_tokens
 from .results import environment, write_json
 from .settings import Seq2SeqConfig
 from .training import fit, make_accelerator
@@ -239,6 +239,8 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     model = build_bart(run, tokenizer)
     summary = fit(accelerator, model, train_loader, run, Path(run.output_dir) / "checkpoints", "seq2seq")
     results = {"kind": "seq2seq", "pretrained_bart": False, "note": NOT_PRETRAINED, "variant": run.variant}
+    source = run.text_dataset if run.task in OFFLINE_TASKS else run.task
+    results["dataset_info"] = dataset_info(source)  # the model card's data section, as classification runs give it
     results.update(config=run.to_dict(), patch_spec=patch_spec(accelerator.unwrap_model(model)), train=summary)
     if not summary["stopped_early"]:
         results["metrics"] = evaluate_seq2seq(accelerator, model, loaders, run.generate)

@@ -95,6 +95,7 @@ def run_sweep(sweep: SweepConfig, get_dataloaders: Callable | None = None) -> di
     if sweep.baseline and sweep.kind == "classification":
         baseline = tfidf_baseline(runs[0], AutoTokenizer.from_pretrained(resolve_checkpoint(runs[0].model)))
     keep = ("variant", "config", "metrics", "train", "mlm", "patch_spec", "timings", "data", "note", "environment")
+    keep += ("base_model", "dataset_info")  # each run's provenance, for model cards made from a sweep
     summary = {
         "kind": "sweep",
         "sweep": dataclasses.asdict(sweep),
