@@ -15,14 +15,13 @@ import argparse
 import sys
 
 from hf_posenc.recipes.classification import classification_dataloaders, run_classification
-from hf_posenc.recipes.cli import build_parser as settings_parser
-from hf_posenc.recipes.cli import settings_from_args
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
 from hf_posenc.recipes.settings import RunConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     """One option per `RunConfig` field, with its help and default; `--config file.json` sets many at once."""
-    return settings_parser(RunConfig, __doc__.splitlines()[0])
+    return recipe_parser(RunConfig, __doc__.splitlines()[0])
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:

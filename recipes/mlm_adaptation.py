@@ -14,15 +14,14 @@ import argparse
 import sys
 
 from hf_posenc.recipes.classification import run_classification
-from hf_posenc.recipes.cli import build_parser as settings_parser
-from hf_posenc.recipes.cli import settings_from_args
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
 from hf_posenc.recipes.mlm import run_mlm_adaptation
 from hf_posenc.recipes.settings import RunConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     """`RunConfig`'s options and `--then_classify`."""
-    parser = settings_parser(RunConfig, __doc__.splitlines()[0])
+    parser = recipe_parser(RunConfig, __doc__.splitlines()[0])
     parser.add_argument("--then_classify", action="store_true", help="fine-tune the adapted encoder on the task")
     return parser
 

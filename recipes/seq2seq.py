@@ -16,8 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hf_posenc.recipes.cli import build_parser as settings_parser
-from hf_posenc.recipes.cli import settings_from_args
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
 from hf_posenc.recipes.seq2seq import seq2seq_dataloaders
 from hf_posenc.recipes.settings import Seq2SeqConfig, SweepConfig
 from hf_posenc.recipes.sweep import run_sweep
@@ -27,7 +26,7 @@ ENCODINGS = ["learned", "sinusoidal", "t5", "alibi", "rope"]
 
 def build_parser() -> argparse.ArgumentParser:
     """`Seq2SeqConfig`'s options, plus the encodings and seeds to sweep."""
-    parser = settings_parser(Seq2SeqConfig, __doc__.splitlines()[0])
+    parser = recipe_parser(Seq2SeqConfig, __doc__.splitlines()[0])
     parser.add_argument("--encodings", nargs="+", default=ENCODINGS, help="one run per encoding (and seed)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed (and encoding)")
     return parser

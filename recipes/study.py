@@ -16,8 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hf_posenc.recipes.cli import build_parser as settings_parser
-from hf_posenc.recipes.cli import settings_from_args
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
 from hf_posenc.recipes.settings import SweepConfig
 from hf_posenc.recipes.sweep import run_sweep
 
@@ -26,7 +25,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 def build_parser() -> argparse.ArgumentParser:
     """A preset (the sweep JSON under recipes/configs/), and any `SweepConfig` option to override it."""
-    parser = settings_parser(SweepConfig, __doc__.splitlines()[0])
+    parser = recipe_parser(SweepConfig, __doc__.splitlines()[0])
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="the default: about 11 minutes on 2 idle CPU cores")
     preset.add_argument("--full", action="store_true", help="3 seeds, all training reviews: about 1.5 h on 2 cores")

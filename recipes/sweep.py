@@ -15,15 +15,14 @@ import sys
 from pathlib import Path
 
 from hf_posenc.recipes.classification import classification_dataloaders
-from hf_posenc.recipes.cli import build_parser as settings_parser
-from hf_posenc.recipes.cli import settings_from_args
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
 from hf_posenc.recipes.settings import SweepConfig
 from hf_posenc.recipes.sweep import run_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
     """`SweepConfig`'s options; `--config` (the sweep JSON) sets them, the other options override it."""
-    return settings_parser(SweepConfig, __doc__.splitlines()[0])
+    return recipe_parser(SweepConfig, __doc__.splitlines()[0])
 
 
 def parse_args(argv: list[str] | None = None) -> SweepConfig:

@@ -22,7 +22,7 @@ from .results import write_run_results
 from .settings import RunConfig, Settings, SweepConfig
 from .sweep import render, run_sweep
 
-__all__ = ["FieldDefault", "build_parser", "register_cli", "settings_from_args", "settings_parser"]
+__all__ = ["FieldDefault", "recipe_parser", "register_cli", "settings_from_args", "settings_parser"]
 
 
 class FieldDefault:
@@ -51,15 +51,16 @@ def settings_parser(cls: type[Settings]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", help=f"a JSON file of {cls.__name__} fields; options given on the command line override it"
     )
-    names = set(cls.field_names())
+    fields = {item.name: item for item in dataclasses.fields(cls)}
     for action in parser._actions:  # argparse's list of actions: the only way to reach what HfArgumentParser added
-        if action.dest in names:
+        if action.dest in fields:
             action.default = FieldDefault(action.default)
             if action.nargs == 0 and action.const is False:  # the store_false twin of a boolean field
                 action.help = f"set {action.dest} to false"
+                action.default = FieldDefault(fields[action.dest].default)  # the help shows the field's default
     taken = {option for action in parser._actions for option in action.option_strings}
     hints = typing.get_type_hints(cls)
-    for item in dataclasses.fields(cls):
+    for item in fields.values():
         legacy = f"--no-{item.name}"
         if hints[item.name] is bool and legacy not in taken:
             parser.add_argument(
@@ -72,7 +73,7 @@ def settings_parser(cls: type[Settings]) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser(cls: type[Settings], description: str, **kwargs: Any) -> argparse.ArgumentParser:
+def recipe_parser(cls: type[Settings], description: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A stand-alone parser of `cls`'s options (the `recipes/*.py` scripts), defaults shown in the help."""
     return argparse.ArgumentParser(
         description=description,
