@@ -1,4 +1,4 @@
-"""Where the time of a patched model goes: operator profiles of one step against the unpatched model (issue 6).
+"""Where the time of a patched model goes: operator profiles of one step against the unpatched model.
 
     python benchmarks/profile_ops.py --shape minilm --length 2048 --mode forward --encodings relative_key_query nezha
 

@@ -1,6 +1,6 @@
-"""Run the speed and memory benchmark of issue 6: `python benchmarks/run.py --preset quick|targets|full`.
+"""Run the speed and memory benchmark: `python benchmarks/run.py --preset quick|targets|full`.
 
-The same as `hf-posenc bench`; results go to `benchmarks/results/<preset>.json` and `.md`. See `hf_posenc/bench.py`.
+The same as `hf-posenc bench`; results go to `benchmarks/results/<preset>.json` and `.md`. See `hf_posenc/bench/`.
 """
 
 import sys

@@ -13,8 +13,8 @@ import sys
 
 CLI_MODULES: tuple[str, ...] = (
     "hf_posenc.hub.cli",
-    "hf_posenc.recipes.training",
-    "hf_posenc.bench.harness",
+    "hf_posenc.recipes.cli",
+    "hf_posenc.bench.cli",
 )
 """Modules that contribute subcommands (`register_cli`)."""
 

@@ -5,7 +5,7 @@
 
     python recipes/classification.py --encoding learned --max_length 2048 --mlm_steps 200   # adapt, then fine-tune
 
-Any `hf_posenc.recipes.training.RunConfig` field is an option (`--config file.json` sets many at once). Same as
+Any `hf_posenc.recipes.RunConfig` field is an option (`--config file.json` sets many at once). Same as
 `hf-posenc train ...`. Results: `results.json` (spec, versions, seed, git revision, timings) and `results.md`.
 """
 
@@ -14,20 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hf_posenc.recipes.training import (
-    RunConfig,
-    add_config_arguments,
-    classification_dataloaders,
-    config_from_args,
-    run_classification,
-)
+from hf_posenc.recipes.classification import classification_dataloaders, run_classification
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
+from hf_posenc.recipes.settings import RunConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per `RunConfig` field, with its help and default; `--config file.json` sets many at once."""
+    return recipe_parser(RunConfig, __doc__.splitlines()[0])
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="JSON file of RunConfig fields")
-    add_config_arguments(parser, RunConfig)
-    return config_from_args(parser.parse_args(argv), RunConfig)
+    return settings_from_args(build_parser().parse_args(argv), RunConfig)
 
 
 def get_dataloaders(run: RunConfig, tokenizer):
@@ -36,7 +34,7 @@ def get_dataloaders(run: RunConfig, tokenizer):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    # train -> evaluate -> write results: hf_posenc.recipes.training.run_classification (fit, evaluate_classification).
+    # train -> evaluate -> write results: hf_posenc.recipes.classification.run_classification.
     results = run_classification(parse_args(argv), get_dataloaders=get_dataloaders)
     print(f"results in {results['config']['output_dir']}: {results.get('metrics')}")
     return results

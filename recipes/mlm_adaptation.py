@@ -13,17 +13,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hf_posenc.recipes.classification import run_classification
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
 from hf_posenc.recipes.mlm import run_mlm_adaptation
-from hf_posenc.recipes.training import RunConfig, add_config_arguments, config_from_args, run_classification
+from hf_posenc.recipes.settings import RunConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`RunConfig`'s options and `--then_classify`."""
+    parser = recipe_parser(RunConfig, __doc__.splitlines()[0])
+    parser.add_argument("--then_classify", action="store_true", help="fine-tune the adapted encoder on the task")
+    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="JSON file of RunConfig fields")
-    parser.add_argument("--then_classify", action="store_true", help="fine-tune the adapted encoder on the task")
-    add_config_arguments(parser, RunConfig)
-    args = parser.parse_args(argv)
-    run = config_from_args(args, RunConfig)
+    args = build_parser().parse_args(argv)
+    run = settings_from_args(args, RunConfig)
     if run.mlm_steps < 1:
         run.mlm_steps = 200
     return run, args.then_classify

@@ -16,19 +16,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from hf_posenc.recipes.reporting import SweepConfig, run_sweep
-from hf_posenc.recipes.seq2seq import Seq2SeqConfig, seq2seq_dataloaders
-from hf_posenc.recipes.training import add_config_arguments, config_from_args
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
+from hf_posenc.recipes.seq2seq import seq2seq_dataloaders
+from hf_posenc.recipes.settings import Seq2SeqConfig, SweepConfig
+from hf_posenc.recipes.sweep import run_sweep
+
+ENCODINGS = ["learned", "sinusoidal", "t5", "alibi", "rope"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`Seq2SeqConfig`'s options, plus the encodings and seeds to sweep."""
+    parser = recipe_parser(Seq2SeqConfig, __doc__.splitlines()[0])
+    parser.add_argument("--encodings", nargs="+", default=ENCODINGS, help="one run per encoding (and seed)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed (and encoding)")
+    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Seq2SeqConfig, list[str], list[int]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="JSON file of Seq2SeqConfig fields")
-    parser.add_argument("--encodings", nargs="+", default=["learned", "sinusoidal", "t5", "alibi", "rope"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    add_config_arguments(parser, Seq2SeqConfig)
-    args = parser.parse_args(argv)
-    return config_from_args(args, Seq2SeqConfig), args.encodings, args.seeds
+    args = build_parser().parse_args(argv)
+    return settings_from_args(args, Seq2SeqConfig), args.encodings, args.seeds
 
 
 def get_dataloaders(run: Seq2SeqConfig, tokenizer):

@@ -13,26 +13,30 @@ test reviews and every encoding with and without MLM adaptation (about a day on 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from hf_posenc.recipes.reporting import SweepConfig, run_sweep
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
+from hf_posenc.recipes.settings import SweepConfig
+from hf_posenc.recipes.sweep import run_sweep
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def parse_args(argv: list[str] | None = None) -> SweepConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """A preset (the sweep JSON under recipes/configs/), and any `SweepConfig` option to override it."""
+    parser = recipe_parser(SweepConfig, __doc__.splitlines()[0])
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="the default: about 11 minutes on 2 idle CPU cores")
     preset.add_argument("--full", action="store_true", help="3 seeds, all training reviews: about 1.5 h on 2 cores")
-    parser.add_argument("--output_dir", help="override the preset's output folder")
-    args = parser.parse_args(argv)
-    values = json.loads((CONFIGS / ("study_full.json" if args.full else "study_quick.json")).read_text())
-    if args.output_dir:
-        values["output_dir"] = args.output_dir
-    return SweepConfig.from_dict(values)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> SweepConfig:
+    args = build_parser().parse_args(argv)
+    if args.config is None:
+        args.config = str(CONFIGS / ("study_full.json" if args.full else "study_quick.json"))
+    return settings_from_args(args, SweepConfig)
 
 
 def main(argv: list[str] | None = None) -> dict:

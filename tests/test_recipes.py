@@ -6,6 +6,10 @@ words, CSV reviews, counting running text); nothing is downloaded.
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
+import importlib
 import importlib.util
 import json
 import os
@@ -18,8 +22,9 @@ import torch
 from recipe_fixtures import make_reviews_csv, make_running_text, make_tiny_bert
 
 from hf_posenc import cli
-from hf_posenc.recipes.reporting import SweepConfig, run_sweep
-from hf_posenc.recipes.training import RunConfig, classification_dataloaders, load_adapted_encoder, run_classification
+from hf_posenc.recipes.classification import classification_dataloaders, load_adapted_encoder, run_classification
+from hf_posenc.recipes.settings import RunConfig, Seq2SeqConfig, Settings, SweepConfig, TrainingSettings
+from hf_posenc.recipes.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,6 +90,14 @@ def test_cli_train_writes_results_with_spec_versions_and_metrics_per_length(asse
         assert metrics["n"] == test_examples and metrics["seconds"] >= 0  # rounded to 0.01 s: tiny runs can read 0.0
     assert results["train"]["completed_steps"] == 8 and len(results["train"]["losses"]) == 8
     assert results["timings"]["total_seconds"] > 0
+    # What the model card reads without importing the recipes: a local dataset is described by its path alone.
+    assert results["dataset_info"] == {
+        "name": str(assets["reviews"]),
+        "citation": None,
+        "license": None,
+        "source": None,
+    }
+    assert results["base_model"] == str(assets["bert"])
     table = (out / "results.md").read_text()
     assert "| accuracy | 16 | 64 | 128 |" in table and "| macro_f1 |" in table
     assert "| accuracy | 16 | 64 | 128 |" in capsys.readouterr().out
@@ -303,7 +316,7 @@ def test_seq2seq_recipe_marks_results_as_not_pretrained_bart(assets, tmp_path):
 
 
 def test_seq2seq_task_from_a_local_file(assets, tmp_path):
-    from hf_posenc.recipes.seq2seq import Seq2SeqConfig, run_seq2seq
+    from hf_posenc.recipes.seq2seq import run_seq2seq
 
     pairs = tmp_path / "pairs.csv"
     words = [f"w{i}" for i in range(40)]
@@ -418,3 +431,107 @@ def test_accelerate_launch_two_cpu_processes_gathers_every_test_example_once(ass
     assert results["train"]["num_processes"] == 2
     # 16 test reviews in batches of 3 per process: gather_for_metrics must drop the padding duplicates.
     assert all(m["n"] == results["data"]["test_examples"] == 16 for m in results["metrics"].values())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command lines: derived from the settings dataclasses
+# ---------------------------------------------------------------------------------------------------------------------
+
+RECIPE_SCRIPTS = ("classification", "mlm_adaptation", "seq2seq", "sweep", "study")
+
+
+def recipe_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every parser a recipe user meets: `hf-posenc train / sweep / report` and the `recipes/*.py` scripts."""
+    root = cli.build_parser()
+    commands = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction)).choices
+    parsers = {f"hf-posenc {name}": commands[name] for name in ("train", "sweep", "report")}
+    parsers.update({f"recipes/{name}.py": load_recipe(name).build_parser() for name in RECIPE_SCRIPTS})
+    return parsers
+
+
+def test_every_recipe_option_has_a_help_text_and_shows_its_default():
+    for name, parser in recipe_parsers().items():
+        assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter), name
+        for action in parser._actions:
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, label
+        parser.format_help()  # a stray "%" in a help text would only fail here
+
+
+def test_config_file_sets_fields_and_flags_given_override_it(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"encoding": "t5", "train_length": 32, "seed": 5, "eval_lengths": [32, 64]}))
+    recipe = load_recipe("classification")
+    run = recipe.parse_args(["--config", str(config), "--seed", "0", "--encoding_options", '{"init": "zeros"}'])
+    # a flag that repeats the default still overrides the file: only flags not given yield to it
+    assert (run.encoding, run.train_length, run.seed, run.eval_lengths) == ("t5", 32, 0, [32, 64])
+    assert run.encoding_options == {"init": "zeros"} and run.progress is True
+    # the spellings of earlier versions keep working
+    run = recipe.parse_args(["--no-progress", "--no-keep_absolute", "--mlm_eval_lengths", "32", "64"])
+    assert run.progress is False and run.keep_absolute is False and run.mlm_eval_lengths == [32, 64]
+    assert recipe.parse_args(["--no_progress", "--keep_absolute"]).keep_absolute is True
+    run, encodings, seeds = load_recipe("seq2seq").parse_args(["--no-warm_start", "--encodings", "t5", "--seeds", "1"])
+    assert run.warm_start is False and encodings == ["t5"] and seeds == [1]
+
+
+def test_unknown_keys_in_a_config_file_are_refused_with_the_valid_names(tmp_path, capsys):
+    config = tmp_path / "typo.json"
+    config.write_text(json.dumps({"learning_rat": 1e-3}))
+    with pytest.raises(ValueError, match=r"typo.json: Unknown config key.*learning_rat.*Valid keys.*learning_rate"):
+        load_recipe("classification").parse_args(["--config", str(config)])
+    assert cli.main(["train", "--config", str(config)]) == 2
+    assert "Valid keys" in capsys.readouterr().err
+
+
+def test_sweep_scripts_take_the_config_and_override_its_fields(tmp_path):
+    shipped = ROOT / "recipes" / "configs" / "study_quick.json"
+    sweep = load_recipe("sweep").parse_args(["--config", str(shipped), "--seeds", "3", "--output_dir", str(tmp_path)])
+    assert sweep.seeds == [3] and sweep.output_dir == str(tmp_path)
+    assert sweep.variants == SweepConfig.from_file(shipped).variants
+    study = load_recipe("study").parse_args(["--quick", "--output_dir", str(tmp_path)])
+    assert study.name == SweepConfig.from_file(shipped).name and study.output_dir == str(tmp_path)
+
+
+def test_settings_share_one_base():
+    shared = {f.name for f in dataclasses.fields(TrainingSettings)}
+    assert len(shared) >= 22
+    assert shared <= {f.name for f in dataclasses.fields(RunConfig)}
+    assert shared <= {f.name for f in dataclasses.fields(Seq2SeqConfig)}
+    for cls in (RunConfig, Seq2SeqConfig, SweepConfig):
+        assert issubclass(cls, Settings)
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls
+    with pytest.raises(ValueError, match="Unknown seq2seq config key"):
+        Seq2SeqConfig.from_dict({"pooling": "mean"})
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("hf_posenc.training", "RunConfig", "hf_posenc.recipes.settings"),
+        ("hf_posenc.training", "run_classification", "hf_posenc.recipes.classification"),
+        ("hf_posenc.reporting", "SweepConfig", "hf_posenc.recipes.settings"),
+        ("hf_posenc.reporting", "run_sweep", "hf_posenc.recipes.sweep"),
+        ("hf_posenc.data", "load_text_classification", "hf_posenc.recipes.data"),
+    ],
+)
+def test_old_module_paths_warn_and_still_resolve(monkeypatch, old, name, new):
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to hf_posenc.recipes"):
+        module = importlib.import_module(old)
+    assert getattr(module, name) is getattr(importlib.import_module(new), name)
+
+
+def test_recipes_and_bench_import_hf_posenc_at_module_top_and_bench_never_imports_recipes():
+    package = ROOT / "hf_posenc"
+    for path in sorted([*(package / "recipes").glob("*.py"), *(package / "bench").glob("*.py")]):
+        tree = ast.parse(path.read_text())
+        for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom):
+                    assert node.level == 0 and not (node.module or "").startswith("hf_posenc"), (path, node.lineno)
+                elif isinstance(node, ast.Import):
+                    assert not any(a.name.startswith("hf_posenc") for a in node.names), (path, node.lineno)
+        if path.parent.name == "bench":
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    assert "recipes" not in (node.module or ""), (path, node.lineno)

@@ -1,4 +1,4 @@
-"""Speed and memory of every encoding against the unpatched model (issue 6): `hf-posenc bench`, `benchmarks/run.py`.
+"""Speed and memory of every encoding against the unpatched model: `hf-posenc bench`, `benchmarks/run.py`.
 
 Method:
 
@@ -22,7 +22,6 @@ Method:
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -32,148 +31,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .. import patch_model, unpatch_model
+from ..hub.provenance import environment
+from .grid import BERT_ENCODINGS, SHAPES, Case, Grid
 from .report import BASELINE, check_targets, config_key, render_markdown
-
-BERT_ENCODINGS = ("learned", "sinusoidal", "t5", "alibi", "rope", "relative_key", "relative_key_query", "nezha")
-BART_ENCODINGS = (*BERT_ENCODINGS, "none")  # `none` is refused on bidirectional stacks: BART's decoder only
-MODES = ("forward", "train")
-
-
-@dataclass(frozen=True)
-class Shape:
-    """A model shape: its family, config fields and the trained length (the learned table of the checkpoint)."""
-
-    family: str
-    config: dict[str, int]
-    trained_length: int
-    max_tokens: int  # the full grid skips batch * length above this (time and memory on a 2-core CPU) ...
-    max_train_tokens: int  # ... and above this in training
-
-
-SHAPES: dict[str, Shape] = {
-    "minilm": Shape(
-        "bert",
-        dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
-        512,
-        8192,
-        4096,
-    ),
-    "base": Shape(
-        "bert",
-        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-        512,
-        4096,
-        2048,
-    ),
-    "bart": Shape(
-        "bart",
-        dict(
-            d_model=768,
-            encoder_layers=6,
-            decoder_layers=6,
-            encoder_attention_heads=12,
-            decoder_attention_heads=12,
-            encoder_ffn_dim=3072,
-            decoder_ffn_dim=3072,
-        ),
-        1024,
-        2048,
-        2048,
-    ),
-}
-
-
-@dataclass
-class Grid:
-    """What one run measures. `budget_s` is the time-measurement budget per configuration (the rounds it affords,
-    within `min_reps..max_reps`); memory is measured for the `memory_modes` at the `memory_lengths` (all if None)."""
-
-    shapes: tuple[str, ...]
-    lengths: tuple[int, ...]
-    batches: tuple[int, ...]
-    modes: tuple[str, ...] = MODES
-    encodings: tuple[str, ...] | None = None  # None: every encoding of the family
-    memory_modes: tuple[str, ...] = ("train",)
-    memory_lengths: tuple[int, ...] | None = None
-    memory_batches: tuple[int, ...] | None = None
-    budget_s: float = 60.0
-    min_reps: int = 3
-    max_reps: int = 15
-    extras: bool = True  # patch time and import time
-    threads: int | None = None  # torch threads (None: torch's default, one per core)
-    cap_tokens: bool = True
-    token_cap: int | None = None  # one cap on batch * length for every shape and mode (None: each shape's own caps)
-    device: str = "cpu"
-    dtype: str = "float32"
-    kernels: bool = False  # profile one step per model and record the SDPA kernels it reached
-
-    def cases(self) -> list[Case]:
-        cases = [
-            Case(shape, length, batch, mode)
-            for shape in self.shapes
-            for batch in self.batches
-            for length in self.lengths
-            for mode in self.modes
-            if not self.cap_tokens or batch * length <= (self.token_cap or _cap(shape, mode))
-        ]
-        return sorted(cases, key=lambda c: (c.shape != "minilm", c.batch * c.length, c.shape, c.mode))
-
-    def encodings_for(self, shape: str) -> tuple[str, ...]:
-        family = BART_ENCODINGS if SHAPES[shape].family == "bart" else BERT_ENCODINGS
-        return tuple(e for e in family if self.encodings is None or e in self.encodings)
-
-
-def _cap(shape: str, mode: str) -> int:
-    return SHAPES[shape].max_train_tokens if mode == "train" else SHAPES[shape].max_tokens
-
-
-PRESETS: dict[str, Grid] = {
-    "quick": Grid(("minilm",), (128, 512), (1,), budget_s=4.0, min_reps=3, max_reps=5, memory_lengths=(512,)),
-    "targets": Grid(("minilm", "base"), (512, 2048), (1,), budget_s=90.0, min_reps=5, max_reps=15),
-    "full": Grid(
-        ("minilm", "base", "bart"),
-        (128, 512, 1024, 2048, 4096),
-        (1, 8),
-        budget_s=30.0,
-        max_reps=9,
-        memory_lengths=(512, 2048),
-        memory_batches=(1,),
-    ),
-}
-PRESETS["gpu"] = Grid(
-    ("minilm", "base", "bart"),
-    (512, 2048, 4096),
-    (1, 8),
-    budget_s=1.0,
-    min_reps=5,
-    max_reps=30,
-    memory_batches=(1,),
-    extras=False,
-    token_cap=16384,
-    device="cuda",
-    dtype="bfloat16",
-    kernels=True,
-)
-"""`quick`: a smoke test (a few minutes); `targets`: the configurations that issue 6's targets name; `full`: the grid,
-minus configurations past each shape's `max_tokens` / `max_train_tokens` (batch * length); memory in training at
-batch 1, L = 512 and 2048; `gpu`: issue 6's GPU check (CUDA, bf16): time, peak GPU memory and the SDPA kernel of
-every encoding, three shapes, L = 512-4096, batch 1 and 8 (up to 16384 tokens); memory in training at batch 1."""
-
-
-@dataclass(frozen=True)
-class Case:
-    shape: str
-    length: int
-    batch: int
-    mode: str
-
-    def label(self) -> str:
-        return f"{self.shape} L={self.length} B={self.batch} {self.mode}"
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Models and steps
@@ -190,8 +55,6 @@ def build_model(shape: str, encoding: str | None, length: int, device: str = "cp
     import torch
     import transformers
 
-    import hf_posenc
-
     spec = SHAPES[shape]
     table = max(spec.trained_length, length) if encoding in (None, "learned", "none") else spec.trained_length
     torch.manual_seed(0)
@@ -207,9 +70,9 @@ def build_model(shape: str, encoding: str | None, length: int, device: str = "cp
     model.to(getattr(torch, dtype))
     model.set_attn_implementation("sdpa")
     if encoding == "none":
-        hf_posenc.patch_model(model, decoder="none")
+        patch_model(model, decoder="none")
     elif encoding is not None:
-        hf_posenc.patch_model(model, encoding)
+        patch_model(model, encoding)
     return model
 
 
@@ -407,17 +270,15 @@ def _status_mib(field: str) -> float:
 
 def patch_times(encodings: Iterable[str], reps: int = 3) -> dict[str, float]:
     """Median seconds of `patch_model` on a BERT-base-shaped model, per encoding (unpatched again between calls)."""
-    import hf_posenc
-
     model = build_model("base", None, SHAPES["base"].trained_length)
     results = {}
     for encoding in encodings:
         samples = []
         for _ in range(reps):
             start = time.perf_counter()
-            hf_posenc.patch_model(model, encoding)
+            patch_model(model, encoding)
             samples.append(time.perf_counter() - start)
-            hf_posenc.unpatch_model(model)
+            unpatch_model(model)
         results[encoding] = statistics.median(samples)
     return results
 
@@ -466,24 +327,13 @@ def _import_sample(code: str) -> tuple[float, float]:
 
 
 def machine_info() -> dict[str, Any]:
-    """Where and with what the numbers were measured."""
-    import torch
-    import transformers
-
-    from .. import __version__
-
+    """Where and with what the numbers were measured: the shared version record plus the machine's hardware."""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "hf_posenc": __version__,
-        "git_revision": _git_revision(),
         **_gpu_info(),
     }
 
@@ -502,11 +352,6 @@ def _cpu_model() -> str:
             return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown"
-
-
-def _git_revision() -> str | None:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    return result.stdout.strip() or None
 
 
 def run_grid(
@@ -582,80 +427,3 @@ def write_results(results: dict[str, Any], out_dir: Path, name: str) -> None:
     results["targets"] = check_targets(results)
     (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / f"{name}.md").write_text(render_markdown(results))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="grid to run (default: quick)")
-    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), help="override the preset's shapes")
-    parser.add_argument("--lengths", nargs="+", type=int, help="override the preset's sequence lengths")
-    parser.add_argument("--batches", nargs="+", type=int, help="override the preset's batch sizes")
-    parser.add_argument("--modes", nargs="+", choices=MODES, help="override the preset's modes")
-    parser.add_argument("--encodings", nargs="+", choices=BART_ENCODINGS, help="only these encodings")
-    parser.add_argument("--budget", type=float, help="seconds of timing per configuration (sets the rounds)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
-    parser.add_argument("--device", help="override the preset's device (cpu, cuda)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="override the preset's dtype")
-    parser.add_argument("--kernels", action="store_true", help="record the SDPA kernel each encoding reaches")
-    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory measurements")
-    parser.add_argument("--no-extras", action="store_true", help="skip patch time and import time")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
-    parser.add_argument("--name", help="output file stem (default: the preset's name)")
-    parser.add_argument("--resume", action="store_true", help="keep the configurations already in the output JSON")
-    parser.add_argument("--render", type=Path, help="only re-render an existing results JSON as Markdown, and exit")
-
-
-def grid_from_args(args: argparse.Namespace) -> Grid:
-    """The preset's grid with the command line's overrides."""
-    grid = PRESETS[args.preset]
-    overrides = {
-        "shapes": args.shapes,
-        "lengths": args.lengths,
-        "batches": args.batches,
-        "modes": args.modes,
-        "encodings": args.encodings,
-        "budget_s": args.budget,
-        "threads": args.threads,
-        "device": args.device,
-        "dtype": args.dtype,
-        "kernels": args.kernels or None,
-    }
-    grid = Grid(**{**asdict(grid), **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v}})
-    if args.no_memory:
-        grid.memory_modes = ()
-    grid.extras = grid.extras and not args.no_extras
-    if any(n < 1 for n in (*grid.lengths, *grid.batches)):
-        raise ValueError(f"Lengths and batch sizes must be >= 1, got {grid.lengths} and {grid.batches}.")
-    return grid
-
-
-def run_command(args: argparse.Namespace) -> int:
-    if args.render is not None:
-        results = json.loads(args.render.read_text())
-        write_results(results, args.render.parent, args.render.stem)
-        print(f"Wrote {args.render.with_suffix('.md')}")
-        return 0
-    grid = grid_from_args(args)
-    name = args.name or args.preset
-    results = run_grid(grid, args.out, name, resume=args.resume)
-    met = sum(t["met"] for t in results["targets"])
-    print(f"Wrote {args.out / name}.json and .md; targets met: {met}/{len(results['targets'])}")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """`hf-posenc bench`: the speed and memory benchmark."""
-    parser = subparsers.add_parser("bench", help="time and memory of every encoding against the unpatched model")
-    add_arguments(parser)
-    parser.set_defaults(func=run_command)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `benchmarks/run.py`."""
-    parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_command(parser.parse_args(argv))

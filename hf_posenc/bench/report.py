@@ -1,4 +1,4 @@
-"""The benchmark's verdicts and report: issue 6's targets checked against measured results, and the Markdown file.
+"""The benchmark's verdicts and report: the speed and memory targets checked against measured results, and Markdown.
 
 Results are the dictionaries `hf_posenc.bench` writes as JSON: `timing` records (one per configuration and encoding,
 with `ratio`, the median paired time ratio to the baseline) and `memory` records (peak resident MiB per configuration
@@ -13,7 +13,7 @@ from typing import Any
 BASELINE = "unpatched"
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Targets (issue 6): fp32, batch 1, L = 512 and 2048, MiniLM and base shapes, ratio to the unpatched model
+# Targets: fp32, batch 1, L = 512 and 2048, MiniLM and base shapes, ratio to the unpatched model
 # ---------------------------------------------------------------------------------------------------------------------
 
 FORWARD_LIMITS = {"relative_key": 1.5, "relative_key_query": 1.5, "nezha": 1.5}
@@ -111,7 +111,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Device {device}, {dtype}. Ratios are to the unpatched model (learned absolute table, SDPA). Time: median "
         "of paired ratios from interleaved rounds in one process (IQR = interquartile range of those ratios). "
-        f"{memory} See `hf_posenc/bench.py` for the method.",
+        f"{memory} See `hf_posenc/bench/harness.py` for the method.",
         "",
     ]
     lines += _targets_section(results["targets"])

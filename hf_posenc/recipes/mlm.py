@@ -1,11 +1,11 @@
 """Masked-LM adaptation: let a swapped encoder learn its new positions on running text before the task.
 
 A cold swap loses a pretrained model's sense of word order (DESIGN.md, "a measured caution"). Continued masked-LM
-training on running text (by default about 100 Wikipedia articles, `hf_posenc.data.load_running_text`) gives the
-encoder a chance to learn the new positions first. all-MiniLM-L6-v2 has no MLM head: `AutoModelForMaskedLM` builds
-one, newly initialized, with its decoder tied to the word embeddings, and it is trained together with the encoder.
-MLM loss and accuracy are measured before and after at each `mlm_eval_lengths`, on held-out articles with the same
-masks for every encoding.
+training on running text (by default about 100 Wikipedia articles, `hf_posenc.recipes.data.load_running_text`)
+gives the encoder a chance to learn the new positions first. all-MiniLM-L6-v2 has no MLM head:
+`AutoModelForMaskedLM` builds one, newly initialized, with its decoder tied to the word embeddings, and it is trained
+together with the encoder. MLM loss and accuracy are measured before and after at each `mlm_eval_lengths`, on
+held-out articles with the same masks for every encoding.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .training import RunConfig, apply_encoding, fit, load_pretrained, special_tokens
+from .data import load_running_text, resolve_checkpoint, special_tokens
+from .results import environment, markdown_table, write_json
+from .settings import RunConfig
+from .training import apply_encoding, check_lengths, fit, load_pretrained, make_accelerator
 
 
 def chunk_running_text(texts: list[str], tokenizer, length: int, max_chunks: int | None = None) -> list[list[int]]:
@@ -59,8 +62,6 @@ class MaskingCollator:
 
 def mlm_dataloaders(run: RunConfig, tokenizer) -> tuple[DataLoader, dict[int, list[dict]]]:
     """Running text split by document: training chunks at `mlm_length`, fixed masked evaluation sets per length."""
-    from .data import load_running_text
-
     texts = list(load_running_text(run.mlm_dataset, seed=run.data_seed)["text"])
     if len(texts) < 2:
         raise ValueError(
@@ -189,13 +190,9 @@ def run_mlm_adaptation(run: RunConfig) -> dict:
     """MLM adaptation alone: train `run.mlm_steps` steps, report MLM loss and accuracy before/after per length.
 
     Writes `results.json` and `results.md` under `run.output_dir`. To adapt and then fine-tune in one command, set
-    `mlm_steps` on a classification run (`hf_posenc.training.run_classification`).
+    `mlm_steps` on a classification run (`hf_posenc.recipes.classification.run_classification`).
     """
     from transformers import AutoConfig, AutoTokenizer
-
-    from .data import resolve_checkpoint
-    from .reporting import environment, markdown_table, write_json
-    from .training import check_lengths, make_accelerator
 
     if run.mlm_steps < 1:
         raise ValueError(f"mlm_steps must be at least 1, got {run.mlm_steps}.")

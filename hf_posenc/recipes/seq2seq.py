@@ -4,7 +4,7 @@ No pretrained BART is reachable offline (see OFFLINE_ASSETS.md), so the model is
 its shared embeddings warm-started from all-MiniLM-L6-v2's word embeddings (same 384 width, same vocabulary) or
 initialized at random. Every result records `"pretrained_bart": false`, and the tables say so.
 
-Offline tasks are built from real running text (`hf_posenc.data.load_running_text`) and depend on position:
+Offline tasks are built from real running text (`hf_posenc.recipes.data.load_running_text`) and depend on position:
 `copy` (output the input span) and `reverse` (output it backwards: output token i must find input token L-1-i).
 A Hub dataset id (e.g. `xsum`, columns `document` / `summary`) or a local CSV/JSON/Parquet file with source and
 target columns runs the same recipe as a generation task for users who can reach it.
@@ -12,83 +12,25 @@ target columns runs the same recipe as a generation task for users who can reach
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..patching import patch_model, patch_spec
-from .training import fit, make_accelerator, special_tokens
+from .data import dataset_info, load_running_text, resolve_checkpoint, special_tokens
+from .results import environment, write_json
+from .settings import Seq2SeqConfig
+from .training import fit, make_accelerator
 
 NOT_PRETRAINED = (
     "NOT pretrained BART: a small BART trained from scratch here (shared embeddings warm-started from "
     "all-MiniLM-L6-v2 word embeddings when warm_start is true); numbers say nothing about pretrained BART checkpoints."
 )
 OFFLINE_TASKS = ("copy", "reverse")
-
-
-@dataclass
-class Seq2SeqConfig:
-    """One seq2seq run; field names shared with `RunConfig` mean the same thing."""
-
-    encoding: str = "learned"
-    encoding_options: dict = field(default_factory=dict)
-    label: str | None = None
-    task: str = "reverse"  # "copy", "reverse", a Hub dataset id (e.g. "xsum") or a local file
-    source_column: str = "document"
-    target_column: str = "summary"
-    text_dataset: str = "wikipedia"
-    tokenizer: str = "all-MiniLM-L6-v2"
-    warm_start: bool = True
-    d_model: int = 384
-    layers: int = 2
-    heads: int = 6
-    ffn_dim: int = 768
-    train_length: int = 32
-    eval_lengths: list = field(default_factory=lambda: [16, 32, 64, 128])
-    max_target_length: int = 64  # Hub/file tasks only; copy/reverse targets are as long as the input
-    train_examples: int = 2000
-    eval_examples: int = 64
-    generate: bool = True
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 16
-    eval_batch_size: int = 16
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    seed: int = 0
-    data_seed: int = 0
-    output_dir: str = "recipes/results/seq2seq"
-    checkpoint_every: int | None = None
-    resume_from: str | None = None
-    stop_after: int | None = None
-    report_to: str | None = None
-    progress: bool = True
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Seq2SeqConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"Unknown seq2seq config key(s) {unknown}. Valid keys: {sorted(names)}.")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def variant(self) -> str:
-        return self.label or self.encoding + "".join(f" {k}={v}" for k, v in sorted(self.encoding_options.items()))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -127,8 +69,6 @@ def build_bart(run: Seq2SeqConfig, tokenizer) -> nn.Module:
 def _warm_start(model: nn.Module, run: Seq2SeqConfig) -> None:
     from transformers import AutoModel
 
-    from .data import resolve_checkpoint
-
     source = AutoModel.from_pretrained(resolve_checkpoint(run.tokenizer)).get_input_embeddings().weight
     shared = model.get_input_embeddings().weight
     if source.shape != shared.shape:
@@ -157,8 +97,6 @@ def span_pairs(token_stream: list[int], task: str, length: int, count: int, seed
 
 def running_text_streams(run: Seq2SeqConfig, tokenizer) -> tuple[list[int], list[int]]:
     """Token streams of the training and held-out documents (held out: every tenth document)."""
-    from .data import load_running_text
-
     texts = list(load_running_text(run.text_dataset)["text"])
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     train = [t for i, doc in enumerate(ids) if i % 10 for t in doc]
@@ -291,9 +229,6 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     from accelerate.utils import set_seed
     from transformers import AutoTokenizer
 
-    from .data import resolve_checkpoint
-    from .reporting import environment, write_json
-
     started = time.perf_counter()
     if run.task not in OFFLINE_TASKS and run.task.startswith(("copy", "reverse")):
         raise ValueError(f"Unknown offline task {run.task!r}; offline tasks are {OFFLINE_TASKS}.")
@@ -304,6 +239,8 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     model = build_bart(run, tokenizer)
     summary = fit(accelerator, model, train_loader, run, Path(run.output_dir) / "checkpoints", "seq2seq")
     results = {"kind": "seq2seq", "pretrained_bart": False, "note": NOT_PRETRAINED, "variant": run.variant}
+    source = run.text_dataset if run.task in OFFLINE_TASKS else run.task
+    results["dataset_info"] = dataset_info(source)  # the model card's data section, as classification runs give it
     results.update(config=run.to_dict(), patch_spec=patch_spec(accelerator.unwrap_model(model)), train=summary)
     if not summary["stopped_early"]:
         results["metrics"] = evaluate_seq2seq(accelerator, model, loaders, run.generate)

@@ -1,0 +1,160 @@
+"""Command lines of the recipes: `hf-posenc train`, `sweep`, `report`, and the parsers of the `recipes/*.py` scripts.
+
+Every option comes from a settings dataclass (`hf_posenc.recipes.settings`) through transformers' `HfArgumentParser`:
+the field's name is the flag, its annotation the type, its default the shown default and its `metadata["help"]` the
+help. `--config file.json` sets many fields at once; flags given on the command line override it, and unknown keys in
+the file are refused with the valid names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from .classification import run_classification
+from .results import write_run_results
+from .settings import RunConfig, Settings, SweepConfig
+from .sweep import render, run_sweep
+
+__all__ = ["FieldDefault", "recipe_parser", "register_cli", "settings_from_args", "settings_parser"]
+
+
+class FieldDefault:
+    """A field's default as the parser holds it: shown in the help like the value, told apart from a given flag.
+
+    `--config` must yield to flags given on the command line but not to defaults, even when a flag repeats the default
+    value; a value still wrapped after parsing was not given.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __repr__ = __str__
+
+
+def settings_parser(cls: type[Settings]) -> argparse.ArgumentParser:
+    """A parent parser (no `-h`) with `--config` and one option per field of `cls`.
+
+    Besides `HfArgumentParser`'s spellings (`--train_length`, `--train-length`, `--no_progress`), every boolean field
+    keeps the `--no-<field>` spelling earlier versions took (`--no-warm_start`, `--no-keep_absolute`).
+    """
+    parser = HfArgumentParser(cls, add_help=False)
+    parser.add_argument(
+        "--config", help=f"a JSON file of {cls.__name__} fields; options given on the command line override it"
+    )
+    fields = {item.name: item for item in dataclasses.fields(cls)}
+    for action in parser._actions:  # argparse's list of actions: the only way to reach what HfArgumentParser added
+        if action.dest in fields:
+            action.default = FieldDefault(action.default)
+            if action.nargs == 0 and action.const is False:  # the store_false twin of a boolean field
+                action.help = f"set {action.dest} to false"
+                action.default = FieldDefault(fields[action.dest].default)  # the help shows the field's default
+    taken = {option for action in parser._actions for option in action.option_strings}
+    hints = typing.get_type_hints(cls)
+    for item in fields.values():
+        legacy = f"--no-{item.name}"
+        if hints[item.name] is bool and legacy not in taken:
+            parser.add_argument(
+                legacy,
+                action="store_false",
+                dest=item.name,
+                default=FieldDefault(item.default),
+                help=f"set {item.name} to false",
+            )
+    return parser
+
+
+def recipe_parser(cls: type[Settings], description: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A stand-alone parser of `cls`'s options (the `recipes/*.py` scripts), defaults shown in the help."""
+    return argparse.ArgumentParser(
+        description=description,
+        parents=[settings_parser(cls)],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        **kwargs,
+    )
+
+
+def settings_from_args(args: argparse.Namespace, cls: type[Settings]) -> Any:
+    """The settings from parsed arguments: the defaults, under the `--config` file, under the flags given.
+
+    Raises:
+        ValueError: unknown keys in the config file (with the valid names), or invalid settings.
+    """
+    given = {name: getattr(args, name) for name in cls.field_names()}
+    given = {name: value for name, value in given.items() if not isinstance(value, FieldDefault)}
+    from_file = {}
+    if getattr(args, "config", None):
+        from_file = json.loads(Path(args.config).read_text())
+        try:
+            cls.check_keys(from_file)
+        except ValueError as error:
+            raise ValueError(f"{args.config}: {error}") from error
+    return cls.from_dict({**from_file, **given})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hf-posenc train / sweep / report
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def register_cli(subparsers) -> None:
+    """Add the `train`, `sweep` and `report` subcommands to the `hf-posenc` parser."""
+    shown = argparse.ArgumentDefaultsHelpFormatter
+    train = subparsers.add_parser(
+        "train",
+        help="fine-tune a patched model, evaluate at several lengths",
+        description="Fine-tune a patched model at one length and evaluate it at several (RunConfig fields).",
+        parents=[settings_parser(RunConfig)],
+        formatter_class=shown,
+    )
+    train.set_defaults(func=_cli_train)
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="several encodings x seeds on the same data; table and plot",
+        description="Several variants x seeds on the same data (SweepConfig fields, usually from --config).",
+        parents=[settings_parser(SweepConfig)],
+        formatter_class=shown,
+    )
+    sweep.set_defaults(func=_cli_sweep)
+    report = subparsers.add_parser(
+        "report",
+        help="re-render results.md / results.png from a results.json",
+        description="Re-render results.md (and a sweep's results.png) from a results.json.",
+        formatter_class=shown,
+    )
+    report.add_argument("results", help="a results.json written by `train` or `sweep`")
+    report.set_defaults(func=_cli_report)
+
+
+def _cli_train(args: argparse.Namespace) -> int:
+    results = run_classification(settings_from_args(args, RunConfig))
+    print((Path(results["config"]["output_dir"]) / "results.md").read_text())
+    return 0
+
+
+def _cli_sweep(args: argparse.Namespace) -> int:
+    summary = run_sweep(settings_from_args(args, SweepConfig))
+    print((Path(summary["sweep"]["output_dir"]) / "results.md").read_text())
+    return 0
+
+
+def _cli_report(args: argparse.Namespace) -> int:
+    path = Path(args.results)
+    if not path.is_file():
+        raise FileNotFoundError(f"No results file at {path}.")
+    results = json.loads(path.read_text())
+    if results.get("kind") == "sweep":
+        render(results, path.parent)
+    else:
+        write_run_results(results, path.parent)
+    print((path.parent / "results.md").read_text())
+    return 0

@@ -1,0 +1,242 @@
+"""The settings of every recipe: one dataclass base, which is also the command line and the JSON config schema.
+
+`Settings` gives every settings dataclass the same dict and file round trip and refuses unknown keys with the valid
+names. `TrainingSettings` holds the fields every training run shares (encoding, lengths, optimization, bookkeeping);
+`RunConfig` (classification, optionally after masked-LM adaptation) and `Seq2SeqConfig` (a small BART) add their own.
+`SweepConfig` runs many of them. Each field's `metadata["help"]` is its documentation: `hf_posenc.recipes.cli`
+derives the command-line options from it with transformers' `HfArgumentParser`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+__all__ = [
+    "SWEEP_KINDS",
+    "JsonDict",
+    "RunConfig",
+    "Seq2SeqConfig",
+    "Settings",
+    "SweepConfig",
+    "TrainingSettings",
+    "slug",
+]
+
+S = TypeVar("S", bound="Settings")
+
+
+class JsonDict(dict):
+    """A dict that also accepts its JSON text, so that one annotation serves both JSON configs and command lines.
+
+    `HfArgumentParser` passes a field's annotation to argparse as the option's `type`: `JsonDict('{"base": 500}')`
+    parses the text, while a dict (from a config file) is taken as it is.
+    """
+
+    def __init__(self, value: Any = (), /, **kwargs: Any) -> None:
+        if isinstance(value, str):
+            value = json.loads(value)  # a JSONDecodeError is a ValueError, which argparse reports as a usage error
+            if not isinstance(value, dict):
+                raise ValueError(f"Expected a JSON object, got {type(value).__name__}.")
+        super().__init__(value, **kwargs)
+
+
+def _option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with its help text (mutable defaults are wrapped in a factory)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class Settings:
+    """The base of every settings dataclass: built from a dict or a JSON file, refusing unknown keys."""
+
+    config_kind: ClassVar[str] = "config"
+    """How error messages name this kind of settings ("Unknown config key(s) ...")."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [item.name for item in dataclasses.fields(cls)]
+
+    @classmethod
+    def check_keys(cls, values: dict[str, Any]) -> None:
+        """Raise a ValueError naming the unknown keys of `values` and listing the valid ones."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"Unknown {cls.config_kind} key(s) {unknown}. Valid keys: {sorted(cls.field_names())}.")
+
+    @classmethod
+    def from_dict(cls: type[S], values: dict[str, Any]) -> S:
+        """Build the settings from a dict, refusing unknown keys with the list of valid ones."""
+        cls.check_keys(values)
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls: type[S], path: str | Path) -> S:
+        """Build the settings from a JSON file (see `from_dict`)."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainingSettings(Settings):
+    """What every training run shares: encoding, lengths, optimization, seeds and bookkeeping."""
+
+    # position encoding
+    encoding: str = _option("learned", "the position encoding (a name or an alias of hf_posenc.ENCODINGS)")
+    encoding_options: JsonDict = _option({}, 'the encoding\'s keyword options as a JSON object, e.g. {"base": 500}')
+    label: str | None = _option(None, "the name of this variant in tables and plots; unset: derived from the encoding")
+    # lengths
+    train_length: int = _option(128, "training length in tokens (special tokens included)")
+    eval_lengths: list[int] = _option([128, 256, 512, 1024, 2048], "evaluation lengths in tokens")
+    # optimization
+    epochs: int = _option(3, "training epochs (ignored when max_steps is set)")
+    max_steps: int | None = _option(None, "optimizer steps in all (overrides epochs)")
+    batch_size: int = _option(16, "training batch size per process")
+    learning_rate: float = _option(5e-5, "peak learning rate (AdamW, linear warm-up and decay)")
+    weight_decay: float = _option(0.01, "AdamW weight decay (biases and norms excepted)")
+    warmup_ratio: float = _option(0.1, "fraction of the steps spent warming up the learning rate")
+    gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step")
+    max_grad_norm: float = _option(1.0, "gradient clipping norm (0: no clipping)")
+    mixed_precision: str = _option("no", "Accelerate's mixed precision: no, fp16 or bf16")
+    seed: int = _option(0, "seed of the model's initialization, dropout and the data order")
+    data_seed: int = _option(0, "seed of the data split and subsampling (the same for every variant)")
+    # bookkeeping
+    output_dir: str = _option("recipes/results/run", "folder of results.json, results.md and the checkpoints")
+    checkpoint_every: int | None = _option(None, "write a checkpoint every this many optimizer steps")
+    resume_from: str | None = _option(None, 'a checkpoint folder to resume from, or "latest" under output_dir')
+    stop_after: int | None = _option(None, "stop after this many steps, writing a checkpoint (simulates a kill)")
+    report_to: str | None = _option(None, 'an Accelerate tracker, e.g. "tensorboard" or "wandb"')
+    progress: bool = _option(True, "show progress bars")
+
+    @property
+    def variant(self) -> str:
+        """The label of this variant: given, or the encoding with its options."""
+        return self.label or self.encoding + "".join(f" {k}={v}" for k, v in sorted(self.encoding_options.items()))
+
+
+@dataclass
+class RunConfig(TrainingSettings):
+    """One classification run (optionally after masked-LM adaptation); JSON configs and command lines set the same
+    fields."""
+
+    # model
+    model: str = _option("all-MiniLM-L6-v2", "checkpoint: a Hub id, a local folder or all-MiniLM-L6-v2 (offline)")
+    keep_absolute: bool = _option(False, "keep the learned absolute table next to a relative encoding")
+    max_length: int | None = _option(None, "grow the learned table to this many positions (extend_positions)")
+    pooling: str = _option("cls", "cls: the checkpoint's classification head; mean: a mean-pooled linear head")
+    head_learning_rate: float | None = _option(None, "learning rate of the new task head; unset: learning_rate")
+    # data
+    dataset: str = _option("pang_lee", "an offline dataset name, a local CSV/JSON/Parquet file or a Hub dataset id")
+    text_column: str | None = _option(None, "the text column; unset: detected")
+    label_column: str | None = _option(None, "the label column; unset: detected")
+    test_size: float = _option(0.2, "test fraction when the dataset has no test split")
+    max_train_examples: int | None = _option(None, "keep at most this many training examples")
+    max_eval_examples: int | None = _option(None, "keep at most this many test examples")
+    eval_tokens_per_batch: int = _option(8192, "evaluation batch size in tokens (batch = this // length)")
+    # masked-LM adaptation before the task (0 steps: none)
+    mlm_steps: int = _option(0, "masked-LM adaptation steps before the task (0: none)")
+    mlm_dataset: str = _option("wikipedia", "running text for masked-LM adaptation")
+    mlm_length: int = _option(128, "masked-LM training length in tokens")
+    mlm_batch_size: int = _option(16, "masked-LM batch size")
+    mlm_learning_rate: float = _option(1e-4, "masked-LM learning rate")
+    mlm_probability: float = _option(0.15, "fraction of the tokens masked")
+    mlm_eval_lengths: list[int] = _option([], "lengths at which masked-LM loss and accuracy are measured")
+    mlm_max_eval_chunks: int = _option(32, "held-out chunks per masked-LM evaluation length")
+
+    @property
+    def variant(self) -> str:
+        """The label of this variant: given, or the encoding with its options and MLM adaptation."""
+        if self.label:
+            return self.label
+        name = self.encoding + (f"@{self.max_length}" if self.max_length else "")
+        name += "".join(f" {k}={v}" for k, v in sorted(self.encoding_options.items()))
+        return name + (" +abs" if self.keep_absolute else "") + (f" +mlm{self.mlm_steps}" if self.mlm_steps else "")
+
+
+@dataclass
+class Seq2SeqConfig(TrainingSettings):
+    """One seq2seq run on a small BART; field names shared with `RunConfig` mean the same thing."""
+
+    config_kind: ClassVar[str] = "seq2seq config"
+
+    train_length: int = _option(32, "training input length in tokens (special tokens included)")
+    eval_lengths: list[int] = _option([16, 32, 64, 128], "evaluation input lengths in tokens")
+    epochs: int = _option(1, "training epochs (ignored when max_steps is set)")
+    learning_rate: float = _option(5e-4, "peak learning rate (AdamW, linear warm-up and decay)")
+    output_dir: str = _option("recipes/results/seq2seq", "folder of results.json and the checkpoints")
+    # task
+    task: str = _option("reverse", "copy or reverse (offline), a Hub dataset id (e.g. xsum) or a local file")
+    source_column: str = _option("document", "source column of a Hub or file task")
+    target_column: str = _option("summary", "target column of a Hub or file task")
+    text_dataset: str = _option("wikipedia", "running text the copy and reverse spans are cut from")
+    max_target_length: int = _option(64, "target length of Hub or file tasks (copy/reverse: the input's)")
+    train_examples: int = _option(2000, "training pairs")
+    eval_examples: int = _option(64, "evaluation pairs per length")
+    eval_batch_size: int = _option(16, "evaluation batch size")
+    generate: bool = _option(True, "also measure greedy exact match")
+    # model
+    tokenizer: str = _option("all-MiniLM-L6-v2", "the tokenizer (and warm-start embeddings) checkpoint")
+    warm_start: bool = _option(True, "copy the tokenizer checkpoint's word embeddings into the shared embeddings")
+    d_model: int = _option(384, "model width")
+    layers: int = _option(2, "encoder and decoder layers each")
+    heads: int = _option(6, "attention heads")
+    ffn_dim: int = _option(768, "feed-forward width")
+
+
+SWEEP_KINDS = ("classification", "seq2seq")
+RUN_SETTINGS: dict[str, type[TrainingSettings]] = {"classification": RunConfig, "seq2seq": Seq2SeqConfig}
+
+
+@dataclass
+class SweepConfig(Settings):
+    """Several variants (encodings, options, MLM adaptation) x seeds on one dataset, split and budget."""
+
+    config_kind: ClassVar[str] = "sweep"
+
+    name: str = _option("sweep", "title of the results")
+    description: str = _option("", "a paragraph under the title")
+    kind: str = _option("classification", "classification (RunConfig fields) or seq2seq (Seq2SeqConfig fields)")
+    output_dir: str = _option("recipes/results/sweep", "folder of results.json, results.md, results.png and runs/")
+    base: JsonDict = _option({}, "run fields shared by every variant, as a JSON object")
+    variants: list[JsonDict] = _option([], 'run fields per variant, JSON objects, e.g. {"encoding": "alibi"}')
+    seeds: list[int] = _option([0], "seeds; every variant runs with each")
+    baseline: bool = _option(True, "add the TF-IDF + logistic regression baseline (classification only)")
+    metric: str = _option("accuracy", "the metric of the plot and the first table")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SweepConfig:
+        sweep = super().from_dict(values)
+        if sweep.kind not in SWEEP_KINDS:
+            raise ValueError(f"Sweep kind must be one of {SWEEP_KINDS}, got {sweep.kind!r}.")
+        if not sweep.variants:
+            raise ValueError('A sweep needs at least one variant, e.g. {"encoding": "alibi"}.')
+        if not sweep.seeds:
+            raise ValueError("A sweep needs at least one seed.")
+        sweep.runs()  # validates every key of every run before anything runs
+        return sweep
+
+    def run_class(self) -> type[TrainingSettings]:
+        return RUN_SETTINGS[self.kind]
+
+    def runs(self) -> list[TrainingSettings]:
+        """One run config per (seed, variant), each with its own output folder under `output_dir/runs`."""
+        runs = []
+        for seed in self.seeds:  # seed-major: an interrupted sweep has every variant for its first seeds
+            for variant in self.variants:
+                run = self.run_class().from_dict({**self.base, **variant, "seed": seed})
+                run.output_dir = str(Path(self.output_dir) / "runs" / f"{slug(run.variant)}_seed{seed}")
+                runs.append(run)
+        return runs
+
+
+def slug(text: str) -> str:
+    """A folder name for a variant label."""
+    return re.sub(r"[^A-Za-z0-9.=@+-]+", "_", text).strip("_")
