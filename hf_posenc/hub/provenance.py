@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 
 __all__ = ["environment", "format_mean_std", "git_revision", "mean_std", "package_version"]
 

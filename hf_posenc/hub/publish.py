@@ -367,11 +367,15 @@ def _results_section(parsed: RecipeResults) -> str:
         lines = [f"| {metric} | " + " | ".join(header) + " |", "|---" * (len(lengths) + 1) + "|"]
         for variant, per_length in parsed.table.items():
             lines.append(
-                f"| {variant} | " + " | ".join(format_mean_std(per_length.get(n, {}).get(metric)) for n in lengths) + " |"
+                f"| {variant} | "
+                + " | ".join(format_mean_std(per_length.get(n, {}).get(metric)) for n in lengths)
+                + " |"
             )
         for name, per_length in parsed.baseline.items():
             values = [per_length.get(n, {}).get(metric) for n in lengths]
-            lines.append(f"| {name} | " + " | ".join(format_mean_std([v] if v is not None else None) for v in values) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(format_mean_std([v] if v is not None else None) for v in values) + " |"
+            )
         blocks.append("\n".join(lines))
     seeds = max(len(v) for per in parsed.table.values() for m in per.values() for v in m.values())
     note = (
