@@ -179,3 +179,69 @@ def test_bad_chunk_settings_are_refused_before_training(assets, tmp_path, monkey
     monkeypatch.setattr(classification, "fit", no_training)
     with pytest.raises(ValueError, match=message):
         run_classification(tiny_run(assets, tmp_path, **overrides))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Position augmentation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Adapted checkpoints go to a private cache (shared by the tests of this module)."""
+    monkeypatch.setenv("HF_POSENC_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.mark.parametrize("method", ["pose", "randomized"])
+def test_position_augmentation_reaches_the_model_and_is_recorded(assets, tmp_path, monkeypatch, method):
+    seen = []
+    original = MeanPoolingClassifier.forward
+
+    def spy(self, input_ids, attention_mask, labels=None, **inputs):
+        if self.training:
+            seen.append(inputs.get("position_ids"))
+        return original(self, input_ids, attention_mask, labels, **inputs)
+
+    monkeypatch.setattr(MeanPoolingClassifier, "forward", spy)
+    run = tiny_run(assets, tmp_path, position_augmentation=method)
+    run_classification(run)
+    assert len(seen) == 4 and all(ids is not None for ids in seen)
+    assert max(int(ids.max()) for ids in seen) < 64  # the target defaults to the largest evaluation length
+    assert max(int(ids.max()) for ids in seen) >= 16  # and the ids go past the training length
+    assert all(bool((ids.diff(dim=-1) > 0).all()) for ids in seen)
+    stored = saved(run)
+    assert stored["config"]["position_augmentation"] == method and f"+{method}@64" in stored["variant"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"position_augmentation": "shuffle"}, "position_augmentation must be one of"),
+        ({"position_augmentation": "pose", "augmentation_target": 8}, "below the training length"),
+        ({"augmentation_target": 64}, "position_augmentation is 'none'"),
+        ({"position_augmentation": "pose", "encoding": "learned", "eval_lengths": [16]}, None),
+        (
+            {"position_augmentation": "pose", "encoding": "learned", "eval_lengths": [16], "augmentation_target": 100},
+            "--max_length 100",
+        ),
+        ({"train_windows": "middle"}, "train_windows must be one of"),
+        ({"windows_per_document": 2}, "needs --train_windows random"),
+        ({"train_only": "attention"}, "train_only must be one of"),
+        ({"lora_r": -1}, "lora_r must be >= 0"),
+        ({"train_only": "positions", "encoding": "alibi"}, "has none"),
+        ({"train_only": "positions", "encoding": "rope"}, "has none"),
+    ],
+)
+def test_bad_method_settings_are_refused_before_training(assets, tmp_path, monkeypatch, overrides, message):
+    import hf_posenc.recipes.classification as classification
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(classification, "fit", no_training)
+    if message is None:  # valid: the learned table covers the target, so training starts
+        with pytest.raises(AssertionError, match="training started"):
+            run_classification(tiny_run(assets, tmp_path, **overrides))
+        return
+    with pytest.raises(ValueError, match=message):
+        run_classification(tiny_run(assets, tmp_path, **overrides))
