@@ -13,12 +13,12 @@ from .version import __version__
 
 register_backend()
 
-_RECIPE_NAMES = ("RunConfig", "run_classification")
+_RECIPE_NAMES = ("RunConfig", "adapt", "run_classification")
 
 
 def __getattr__(name: str):
-    """`hf_posenc.RunConfig` and `hf_posenc.run_classification` live in the recipes layer (the `[recipes]` extra):
-    imported on first use, so `import hf_posenc` needs only the core dependencies."""
+    """`hf_posenc.RunConfig`, `hf_posenc.adapt` and `hf_posenc.run_classification` live in the recipes layer (the
+    `[recipes]` extra): imported on first use, so `import hf_posenc` needs only the core dependencies."""
     if name in _RECIPE_NAMES:
         import importlib
 
@@ -34,6 +34,7 @@ __all__ = [
     "ENCODINGS",
     "PositionEncoding",
     "RunConfig",
+    "adapt",
     "extend_positions",
     "from_pretrained",
     "make_portable",

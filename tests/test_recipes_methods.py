@@ -445,3 +445,108 @@ def test_cached_adaptation_equals_a_fresh_one(assets, tmp_path):
     assert reused["mlm"]["cache"]["reused"] is True
     for (name, a), (_, b) in zip(fresh["model"].named_parameters(), reused["model"].named_parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# adapt: one call and `hf-posenc adapt`
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _texts(assets) -> list[str]:
+    return [t for t in assets["running"].read_text().split("\n\n") if t.strip()]
+
+
+def test_adapt_trains_the_positions_and_writes_a_checkpoint_that_loads_like_any_other(assets, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_posenc
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["bert"])
+    model = hf_posenc.patch_model(AutoModel.from_pretrained(assets["bert"]), "t5", replace=True)
+    before = model.encoder.posenc.relative_attention_bias.weight.detach().clone()
+    out = tmp_path / "adapted"
+    returned = hf_posenc.adapt(
+        model, tokenizer, _texts(assets), target_length=256, steps=3, train_length=16, batch_size=4, output_dir=out
+    )
+    assert returned is model and not model.training
+    after = model.encoder.posenc.relative_attention_bias.weight.detach()
+    assert not torch.equal(before, after)
+    for loaded in (hf_posenc.from_pretrained(out), AutoModel.from_pretrained(out)):
+        assert type(loaded).__name__ == "BertModel"
+        for (name, a), (_, b) in zip(model.named_parameters(), loaded.named_parameters()):
+            torch.testing.assert_close(a.detach(), b.detach(), atol=0, rtol=0, msg=name)
+    ids = torch.tensor([[2, *range(5, 65), 3] * 3])  # 186 tokens: past the 64-row table the checkpoint had
+    torch.testing.assert_close(
+        model(input_ids=ids).last_hidden_state, loaded(input_ids=ids).last_hidden_state, atol=1e-5, rtol=0
+    )
+    assert not any(p.name.startswith(".adapted") for p in tmp_path.iterdir())  # no staging folder left behind
+
+
+def test_adapt_is_repeatable_given_the_seed(assets):
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_posenc
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["bert"])
+    tables = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the patch initializes the new table from the global generator
+        model = hf_posenc.patch_model(AutoModel.from_pretrained(assets["bert"]), "t5", replace=True)
+        torch.manual_seed(99)  # adapt seeds itself: what the global generator holds does not matter
+        hf_posenc.adapt(model, tokenizer, _texts(assets), target_length=128, steps=2, train_length=16, seed=4)
+        tables.append(model.encoder.posenc.relative_attention_bias.weight.detach())
+    torch.testing.assert_close(tables[0], tables[1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"augmentation": "shuffle"}, "augmentation must be one of"),
+        ({"target_length": 8}, "at least train_length"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"encoding": "learned"}, r"extend_positions\(model, 256\)"),
+        ({"texts": ["w1 w2"]}, "no chunk of 16 tokens"),
+    ],
+)
+def test_adapt_refuses_bad_input_before_training(assets, kwargs, message):
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_posenc
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["bert"])
+    model = hf_posenc.patch_model(
+        AutoModel.from_pretrained(assets["bert"]), kwargs.pop("encoding", "t5"), replace=True
+    )
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    arguments = {"target_length": 256, "steps": 2, "train_length": 16, "texts": _texts(assets), **kwargs}
+    texts = arguments.pop("texts")
+    with pytest.raises(ValueError, match=message):
+        hf_posenc.adapt(model, tokenizer, texts, **arguments)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # nothing trained
+
+
+def test_cli_adapt_writes_a_loadable_checkpoint(assets, tmp_path, capsys):
+    from hf_posenc import cli, from_pretrained, patch_spec
+
+    out = tmp_path / "cli-adapted"
+    argv = ["adapt", str(assets["bert"]), str(out), "--target_length", "128", "--steps", "2"]
+    argv += ["--train_length", "16", "--batch_size", "4", "--texts", str(assets["running"]), "--encoding", "alibi"]
+    assert cli.main(argv) == 0
+    assert "adapted" in capsys.readouterr().out
+    model = from_pretrained(out)
+    assert patch_spec(model)["stacks"]["encoder"]["encoding"] == "alibi"
+    ids = torch.tensor([[2, *range(5, 75), 3] * 1])
+    assert model(input_ids=ids).last_hidden_state.shape == (1, 72, 32)
+    assert cli.main(argv) != 0  # a second run refuses the non-empty folder
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_cli_adapt_with_a_learned_table_names_max_length(assets, tmp_path, capsys):
+    from hf_posenc import cli
+
+    argv = ["adapt", str(assets["bert"]), str(tmp_path / "x"), "--target_length", "128", "--steps", "1"]
+    argv += ["--train_length", "16", "--texts", str(assets["running"])]
+    assert cli.main(argv) != 0
+    assert "--max_length 128" in capsys.readouterr().err
+    argv += ["--max_length", "128"]
+    assert cli.main(argv) == 0 and (tmp_path / "x" / "config.json").is_file()

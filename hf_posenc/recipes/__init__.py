@@ -6,7 +6,9 @@
     training        the Accelerate loop shared by every recipe: patching, optimizer, checkpoints, exact resume
     classification  the classification run: data loaders, evaluation, `run_classification`
     chunked         chunked evaluation: long documents read in training-length windows, pooled per document
-    mlm             masked-LM adaptation before the task
+    mlm             masked-LM adaptation before the task, and `adapt` (one call, any model and texts)
+    adaptation      the cache of adapted encoders (keyed by a hash of their settings)
+    methods         position augmentation, random training windows, train_only positions, LoRA
     seq2seq         the small-BART recipe
     results         environment record, results files, tables and the plot
     sweep           many variants x seeds, the TF-IDF baseline
@@ -33,7 +35,7 @@ from .classification import (
     tokenize_texts,
 )
 from .data import special_tokens
-from .mlm import run_mlm_adaptation
+from .mlm import adapt, run_mlm_adaptation
 from .results import (
     NOT_METRICS,
     aggregate,
@@ -77,6 +79,7 @@ __all__ = [
     "SweepConfig",
     "TrainingSettings",
     "TruncatingCollator",
+    "adapt",
     "aggregate",
     "apply_encoding",
     "build_classifier",

@@ -17,9 +17,15 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
+from ..augmentation import METHODS
+from ..extension import extend_positions
+from ..hub import from_pretrained
+from ..patching import patch_model
 from .classification import run_classification
+from .data import load_running_text, resolve_checkpoint
+from .mlm import adapt
 from .results import write_run_results
-from .settings import RunConfig, Settings, SweepConfig
+from .settings import JsonDict, RunConfig, Settings, SweepConfig
 from .sweep import render, run_sweep
 
 __all__ = ["FieldDefault", "recipe_parser", "register_cli", "settings_from_args", "settings_parser"]
@@ -107,7 +113,7 @@ def settings_from_args(args: argparse.Namespace, cls: type[Settings]) -> Any:
 
 
 def register_cli(subparsers) -> None:
-    """Add the `train`, `sweep` and `report` subcommands to the `hf-posenc` parser."""
+    """Add the `train`, `sweep`, `report` and `adapt` subcommands to the `hf-posenc` parser."""
     shown = argparse.ArgumentDefaultsHelpFormatter
     train = subparsers.add_parser(
         "train",
@@ -133,6 +139,69 @@ def register_cli(subparsers) -> None:
     )
     report.add_argument("results", help="a results.json written by `train` or `sweep`")
     report.set_defaults(func=_cli_report)
+    register_adapt(subparsers)
+
+
+def register_adapt(subparsers) -> None:
+    """`hf-posenc adapt CHECKPOINT OUTPUT`: masked-LM adaptation with position augmentation (`adapt`)."""
+    parser = subparsers.add_parser(
+        "adapt",
+        help="masked-LM adaptation with position augmentation; writes a checkpoint",
+        description=(
+            "Teach a checkpoint positions up to --target_length by masked-LM training on short windows with "
+            "position augmentation (hf_posenc.adapt), and save it to OUTPUT; it loads with "
+            "hf_posenc.from_pretrained or transformers' Auto classes after `import hf_posenc`."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="a local folder, a Hub id or all-MiniLM-L6-v2 (patched or not)")
+    parser.add_argument("output", help="the folder to write (must not exist or be empty)")
+    parser.add_argument("--target_length", type=int, required=True, help="the length to prepare the model for")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    parser.add_argument("--augmentation", default="pose", choices=("none", *METHODS), help="position augmentation")
+    parser.add_argument("--train_length", type=int, default=128, help="tokens per training chunk")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="AdamW peak learning rate")
+    parser.add_argument("--batch_size", type=int, default=16, help="chunks per step")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head, data order, masks and augmentation")
+    parser.add_argument("--texts", default="wikipedia", help="running text: an offline dataset name or a local file")
+    parser.add_argument("--encoding", default=None, help="patch this encoding first (unset: keep the checkpoint's)")
+    parser.add_argument("--encoding_options", type=JsonDict, default=JsonDict(), help="the encoding's options (JSON)")
+    parser.add_argument("--max_length", type=int, default=None, help="grow a learned position table to this length")
+    parser.set_defaults(func=_cli_adapt)
+
+
+def _cli_adapt(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ValueError(f"{output} exists and is not an empty folder; choose a new OUTPUT.")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    texts = list(load_running_text(args.texts, seed=args.seed)["text"])
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = from_pretrained(checkpoint)
+    if args.encoding is not None:
+        grow = {"max_length": args.max_length, "tokenizer": tokenizer} if args.max_length else {}
+        patch_model(model, args.encoding, replace=True, **grow, **args.encoding_options)
+    elif args.max_length is not None:
+        extend_positions(model, args.max_length, tokenizer=tokenizer)
+    adapt(
+        model,
+        tokenizer,
+        texts,
+        target_length=args.target_length,
+        steps=args.steps,
+        augmentation=args.augmentation,
+        train_length=args.train_length,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        output_dir=output,
+    )
+    print(
+        f"adapted {args.checkpoint} to {args.target_length} tokens ({args.augmentation}, {args.steps} steps): {output}"
+    )
+    return 0
 
 
 def _cli_train(args: argparse.Namespace) -> int:

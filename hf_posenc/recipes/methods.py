@@ -18,11 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..architectures import architecture_for, get_submodule, set_submodule
 from ..augmentation import PositionAugmentation
+from ..extension import set_max_length
 from .settings import RunConfig, TrainingSettings
 from .training import supported_length
 
@@ -34,6 +36,7 @@ __all__ = [
     "augment_loader",
     "augmentation_target",
     "check_methods",
+    "cover_positions",
     "merge_lora",
     "position_parameter_names",
     "select_trainable",
@@ -145,6 +148,7 @@ def augment_loader(loader: DataLoader, model: nn.Module, run: TrainingSettings) 
     """
     if run.position_augmentation == "none":
         return loader
+    cover_positions(model, augmentation_target(run))
     loader.collate_fn = PositionAugmentation.for_model(
         model.base_model,
         augmentation_target(run),
@@ -153,6 +157,24 @@ def augment_loader(loader: DataLoader, model: nn.Module, run: TrainingSettings) 
         collator=loader.collate_fn,
     )
     return loader
+
+
+def cover_positions(model: nn.Module, target_length: int) -> None:
+    """Let a model without a learned table take position ids up to `target_length - 1` in short inputs.
+
+    BERT-style embeddings index their `token_type_ids` buffer by position id, and the buffers grow with the input's
+    length, not with the ids a caller passes; augmented ids past the buffers would index out of range. For stacks
+    without a learned table this raises the recorded limit (`hf_posenc.set_max_length`, bookkeeping only); a learned
+    table was already checked to have `target_length` rows, and its buffers are as long.
+    """
+    base = model.base_model
+    for stack in architecture_for(base).stacks:
+        embeddings = get_submodule(base, stack.embeddings) if stack.embeddings else None
+        buffer = getattr(embeddings, "token_type_ids", None)
+        short = isinstance(buffer, torch.Tensor) and buffer.shape[-1] < target_length + stack.offset(base.config)
+        if short and not isinstance(get_submodule(base, stack.table), nn.Embedding):
+            set_max_length(base, target_length)
+            return
 
 
 class RandomWindows(Dataset):

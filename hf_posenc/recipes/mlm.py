@@ -11,6 +11,10 @@ held-out articles with the same masks for every encoding.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,12 +22,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..architectures import architecture_for, get_submodule
+from ..augmentation import METHODS, PositionAugmentation
 from .adaptation import adaptation_key, cached_adaptation
 from .data import load_running_text, resolve_checkpoint, special_tokens
-from .methods import augment_loader, augmentation_target, check_methods, merge_lora, select_trainable
+from .methods import (
+    augment_loader,
+    augmentation_target,
+    check_methods,
+    cover_positions,
+    merge_lora,
+    select_trainable,
+)
 from .results import environment, markdown_table, write_json
 from .settings import RunConfig
-from .training import apply_encoding, check_lengths, fit, load_pretrained, make_accelerator
+from .training import apply_encoding, check_lengths, fit, load_pretrained, make_accelerator, make_optimizer
 
 
 def chunk_running_text(texts: list[str], tokenizer, length: int, max_chunks: int | None = None) -> list[list[int]]:
@@ -261,3 +274,152 @@ def run_mlm_adaptation(run: RunConfig) -> dict:
             f"# MLM adaptation: {run.variant} on {run.mlm_dataset}\n\n" + "\n".join(tables)
         )
     return record
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# adapt: the one-call masked-LM adaptation with position augmentation, for any model and texts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def adapt(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    *,
+    target_length: int,
+    steps: int,
+    augmentation: str = "pose",
+    train_length: int = 128,
+    learning_rate: float = 1e-4,
+    batch_size: int = 16,
+    mlm_probability: float = 0.15,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+) -> nn.Module:
+    """Teach a (patched) encoder positions up to `target_length` by masked-LM training on short windows.
+
+    Masked-LM training on `train_length`-token chunks of `texts` whose position ids are spread over
+    `[0, target_length)` by position augmentation (PoSE, Zhu et al. 2023, arXiv:2309.10400; or randomized positions,
+    Ruoss et al. 2023, arXiv:2305.16843), so the model meets the distances of long inputs at the cost of short ones.
+    A model without a masked-LM head (e.g. all-MiniLM-L6-v2) gets a new one, tied to its word embeddings.
+
+    Args:
+        model: a base model (`AutoModel`) or a masked-LM model, patched or not; trained in place.
+        tokenizer: its tokenizer.
+        texts: running text to train on (at least one chunk of `train_length` tokens).
+        target_length: the length to prepare the model for; a learned position table must have as many rows
+            (`hf_posenc.extend_positions` first).
+        steps: optimizer steps.
+        augmentation: "pose", "randomized" or "none".
+        train_length: tokens per training chunk, special tokens included.
+        learning_rate: AdamW's peak learning rate (linear warm-up over 10% of the steps, then decay).
+        batch_size: chunks per step.
+        mlm_probability: fraction of the tokens masked.
+        seed: seed of the head's initialization, the data order, the masks and the augmentation.
+        output_dir: when given, the adapted model and the tokenizer are saved there (atomically: a complete folder
+            or none), loadable with `hf_posenc.from_pretrained` or transformers' Auto classes after
+            `import hf_posenc`.
+
+    Returns:
+        `model`, adapted, in eval mode.
+
+    Raises:
+        ValueError: an unknown `augmentation`, `steps < 1`, `target_length < train_length`, a learned table shorter
+            than `target_length`, texts too short for one chunk, or a non-empty `output_dir`; all before any
+            training.
+
+    Example:
+        ```python
+        >>> import hf_posenc
+        >>> from transformers import AutoModel, AutoTokenizer
+        >>> model = hf_posenc.patch_model(AutoModel.from_pretrained(checkpoint), "t5")  # doctest: +SKIP
+        >>> hf_posenc.adapt(model, tokenizer, texts, target_length=2048, steps=200)  # doctest: +SKIP
+        ```
+    """
+    from accelerate.utils import set_seed
+
+    _check_adapt(model, augmentation, steps, train_length, target_length)
+    if output_dir is not None and Path(output_dir).exists() and any(Path(output_dir).iterdir()):
+        raise ValueError(f"output_dir {str(output_dir)!r} exists and is not empty; choose a new folder.")
+    chunks = chunk_running_text(texts, tokenizer, train_length)
+    if not chunks:
+        raise ValueError(f"The texts hold no chunk of {train_length} tokens; give longer texts or a shorter length.")
+    set_seed(seed)
+    wrapped = MaskedPositionsMLM(_with_mlm_head(model))
+    device = next(model.parameters()).device
+    collate = MaskingCollator(tokenizer, mlm_probability)
+    if augmentation != "none":
+        cover_positions(wrapped, target_length)
+        collate = PositionAugmentation.for_model(
+            wrapped.base_model, target_length, augmentation, seed, collator=collate
+        )
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(chunks, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    optimizer, scheduler = make_optimizer(wrapped, learning_rate, 0.01, steps, 0.1)
+    wrapped.train()
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    for batch in itertools.islice(batches, steps):
+        loss = wrapped(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss.backward()
+        nn.utils.clip_grad_norm_(wrapped.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    model.eval()
+    if output_dir is not None:
+        save_atomically(model, tokenizer, Path(output_dir))
+    return model
+
+
+def _check_adapt(model: nn.Module, augmentation: str, steps: int, train_length: int, target_length: int) -> None:
+    if augmentation not in ("none", *METHODS):
+        raise ValueError(f"augmentation must be one of {('none', *METHODS)}, got {augmentation!r}.")
+    if steps < 1 or train_length < 4:
+        raise ValueError(f"steps must be >= 1 and train_length >= 4, got {steps} and {train_length}.")
+    if target_length < train_length:
+        raise ValueError(f"target_length ({target_length}) must be at least train_length ({train_length}).")
+    base = model.base_model
+    stack = architecture_for(base).stacks[0]
+    table = get_submodule(base, stack.table)
+    weight = getattr(table, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        rows = weight.shape[0] - stack.offset(base.config)
+        if rows < target_length:
+            raise ValueError(
+                f"The model's learned position table has {rows} positions, fewer than target_length "
+                f"({target_length}). Extend it first: hf_posenc.extend_positions(model, {target_length}) "
+                f"(hf-posenc adapt: --max_length {target_length}), or patch a relative encoding."
+            )
+
+
+def _with_mlm_head(model: nn.Module) -> nn.Module:
+    """`model` itself when it has a masked-LM head, else a new masked-LM model of its family around it (the
+    decoder tied to its word embeddings)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if model.base_model is not model:
+        return model
+    name = MODEL_FOR_MASKED_LM_MAPPING_NAMES.get(model.config.model_type)
+    if name is None:
+        raise ValueError(f"No masked-LM head is known for model type {model.config.model_type!r}.")
+    mlm = getattr(transformers, name)(model.config)
+    setattr(mlm, mlm.base_model_prefix, model)
+    mlm.tie_weights()
+    return mlm.to(next(model.parameters()).device)
+
+
+def save_atomically(model: nn.Module, tokenizer, folder: Path) -> None:
+    """`save_pretrained` of model and tokenizer into a temporary sibling folder, then renamed into `folder`."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
