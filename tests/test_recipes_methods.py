@@ -550,3 +550,78 @@ def test_cli_adapt_with_a_learned_table_names_max_length(assets, tmp_path, capsy
     assert "--max_length 128" in capsys.readouterr().err
     argv += ["--max_length", "128"]
     assert cli.main(argv) == 0 and (tmp_path / "x" / "config.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Augmentation in the masked-LM and seq2seq recipes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_mlm_recipe_alone_takes_position_augmentation(assets, tmp_path, monkeypatch):
+    from hf_posenc.recipes.mlm import MaskedPositionsMLM, run_mlm_adaptation
+
+    seen = []
+    original = MaskedPositionsMLM.forward
+
+    def spy(self, input_ids, labels, attention_mask=None, position_ids=None):
+        if self.training:
+            seen.append(position_ids)
+        return original(self, input_ids, labels, attention_mask, position_ids)
+
+    monkeypatch.setattr(MaskedPositionsMLM, "forward", spy)
+    run = mlm_run(assets, tmp_path, encoding="rope", position_augmentation="randomized", augmentation_target=200)
+    record = run_mlm_adaptation(run)
+    assert len(seen) == 3 and all(ids is not None and int(ids.max()) < 200 for ids in seen)
+    assert max(int(ids.max()) for ids in seen) > 64  # past the checkpoint's 64 positions
+    assert record["config"]["augmentation_target"] == 200 and record["mlm"]["after"]["32"]["mlm_loss"] > 0
+
+
+def seq2seq_run(assets, tmp_path, **overrides):
+    from hf_posenc.recipes.settings import Seq2SeqConfig
+
+    values = dict(
+        tokenizer=str(assets["bert"]),
+        warm_start=False,
+        text_dataset=str(assets["running"]),
+        d_model=32,
+        heads=4,
+        ffn_dim=64,
+        train_length=8,
+        eval_lengths=[8, 32],
+        train_examples=16,
+        eval_examples=4,
+        batch_size=8,
+        generate=False,
+        encoding="t5",
+        output_dir=str(tmp_path / "s2s"),
+        progress=False,
+    )
+    return Seq2SeqConfig.from_dict({**values, **overrides})
+
+
+def test_seq2seq_recipe_augments_the_encoder_positions(assets, tmp_path, monkeypatch):
+    from transformers.models.bart import modeling_bart
+
+    from hf_posenc.recipes.seq2seq import run_seq2seq
+
+    seen = []
+    original = modeling_bart.BartEncoder.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.append(kwargs.get("position_ids"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_bart.BartEncoder, "forward", spy)
+    results = run_seq2seq(seq2seq_run(assets, tmp_path, position_augmentation="pose"))
+    assert seen and all(ids is not None and int(ids.max()) < 32 for ids in seen)
+    assert max(int(ids.max()) for ids in seen) >= 8
+    assert results["config"]["position_augmentation"] == "pose" and "+pose@32" in results["variant"]
+    assert set(results["metrics"]) == {"8", "32"}
+
+
+def test_seq2seq_augmentation_of_an_absolute_encoding_is_refused(assets, tmp_path):
+    from hf_posenc.recipes.seq2seq import run_seq2seq
+
+    with pytest.raises(ValueError, match="needs a relative encoding"):
+        run_seq2seq(seq2seq_run(assets, tmp_path, encoding="learned", position_augmentation="pose"))

@@ -24,18 +24,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..architectures import architecture_for, get_submodule, set_submodule
 from ..augmentation import PositionAugmentation
+from ..encodings import ENCODINGS, canonical_name
 from ..extension import set_max_length
 from .settings import RunConfig, TrainingSettings
 from .training import supported_length
 
 __all__ = [
     "AUGMENTATIONS",
+    "EncoderPositions",
     "TRAIN_ONLY",
     "TRAIN_WINDOWS",
     "RandomWindows",
     "augment_loader",
     "augmentation_target",
     "check_methods",
+    "check_seq2seq_augmentation",
     "cover_positions",
     "merge_lora",
     "position_parameter_names",
@@ -103,6 +106,43 @@ def _check_augmentation(config, run: TrainingSettings, training_lengths: list[in
             f"{run.model!r} with encoding {run.encoding!r} has {limit}. Extend the table first with "
             f"--max_length {target}, or lower --augmentation_target."
         )
+
+
+def check_seq2seq_augmentation(run: TrainingSettings) -> None:
+    """Position augmentation of an encoder-decoder reaches the encoder's relative encoding only: BART's encoder
+    does not hand `position_ids` to its absolute table, so augmenting an absolute encoding would change nothing."""
+    encoding = ENCODINGS[canonical_name(run.encoding)]
+    if run.position_augmentation != "none" and encoding.kind != "relative":
+        relative = sorted(n for n, c in ENCODINGS.items() if c.kind == "relative")
+        raise ValueError(
+            f"Position augmentation in the seq2seq recipe needs a relative encoding ({relative}); BART's encoder "
+            f"ignores position ids for the {encoding.kind} encoding {run.encoding!r}."
+        )
+
+
+class EncoderPositions(nn.Module):
+    """Run an encoder-decoder with augmented `position_ids` for its encoder only (the decoder keeps its own
+    positions): the encoder is called first and its output handed to the model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.model.base_model
+
+    def forward(self, input_ids, attention_mask, labels=None, position_ids=None, **kwargs):
+        if position_ids is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        encoded = self.model.get_encoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        )
+        return self.model(attention_mask=attention_mask, encoder_outputs=encoded, labels=labels, **kwargs)
 
 
 def _check_windows(run: RunConfig) -> None:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..patching import patch_model, patch_spec
 from .data import dataset_info, load_running_text, resolve_checkpoint, special_tokens
+from .methods import EncoderPositions, augment_loader, check_methods, check_seq2seq_augmentation
 from .results import environment, write_json
 from .settings import Seq2SeqConfig
 from .training import fit, make_accelerator
@@ -232,12 +233,16 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     started = time.perf_counter()
     if run.task not in OFFLINE_TASKS and run.task.startswith(("copy", "reverse")):
         raise ValueError(f"Unknown offline task {run.task!r}; offline tasks are {OFFLINE_TASKS}.")
+    check_methods(None, run, [run.train_length])
+    check_seq2seq_augmentation(run)
     accelerator = make_accelerator(run)
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(run.tokenizer))
     train_loader, loaders = get_dataloaders(run, tokenizer)
     set_seed(run.seed)
     model = build_bart(run, tokenizer)
-    summary = fit(accelerator, model, train_loader, run, Path(run.output_dir) / "checkpoints", "seq2seq")
+    train_loader = augment_loader(train_loader, model, run)
+    trained = model if run.position_augmentation == "none" else EncoderPositions(model)
+    summary = fit(accelerator, trained, train_loader, run, Path(run.output_dir) / "checkpoints", "seq2seq")
     results = {"kind": "seq2seq", "pretrained_bart": False, "note": NOT_PRETRAINED, "variant": run.variant}
     source = run.text_dataset if run.task in OFFLINE_TASKS else run.task
     results["dataset_info"] = dataset_info(source)  # the model card's data section, as classification runs give it
