@@ -625,3 +625,76 @@ def test_seq2seq_augmentation_of_an_absolute_encoding_is_refused(assets, tmp_pat
 
     with pytest.raises(ValueError, match="needs a relative encoding"):
         run_seq2seq(seq2seq_run(assets, tmp_path, encoding="learned", position_augmentation="pose"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Each method end to end on the real all-MiniLM-L6-v2 (slow: the real checkpoint and the Pang & Lee reviews)
+# ---------------------------------------------------------------------------------------------------------------------
+
+REAL_METHODS = {
+    "chunked": {"eval_mode": "both", "chunk_pooling": "embeddings"},
+    "pose": {"encoding": "t5", "position_augmentation": "pose"},
+    "randomized": {"encoding": "alibi", "position_augmentation": "randomized", "augmentation_target": 1024},
+    "windows": {"train_windows": "random", "windows_per_document": 2},
+    "positions": {"encoding": "t5", "train_only": "positions"},
+    "lora": {"lora_r": 4},
+    "mlm": {"encoding": "t5", "position_augmentation": "pose", "mlm_steps": 2, "mlm_length": 128, "mlm_seed": 0},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(REAL_METHODS))
+def test_each_method_runs_on_the_real_checkpoint(assets, tmp_path, method):
+    from hf_posenc.hub.assets import minilm_checkpoint
+
+    values = dict(
+        model=str(minilm_checkpoint()),
+        dataset="pang_lee",
+        encoding="learned",
+        pooling="mean",
+        train_length=128,
+        eval_lengths=[128, 1024] if method in ("chunked", "randomized") else [128, 512],
+        max_steps=2,
+        batch_size=4,
+        head_learning_rate=1e-3,
+        max_train_examples=16,
+        max_eval_examples=8,
+        mlm_dataset=str(assets["running"]),
+        mlm_batch_size=4,
+        output_dir=str(tmp_path / method),
+        progress=False,
+    )
+    if method in ("chunked", "randomized"):
+        values["encoding"] = "alibi"  # 1024 tokens: past the learned table
+    run = RunConfig.from_dict({**values, **REAL_METHODS[method]})
+    results = run_classification(run)
+    stored = saved(run)
+    for key, value in REAL_METHODS[method].items():
+        assert stored["config"][key] == value
+    assert stored["predictions"]["labels"] and len(stored["predictions"]["single"]) == 2
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in results["metrics"].values())
+    if method == "chunked":
+        assert stored["predictions"]["chunked"]["128"] == stored["predictions"]["single"]["128"]
+    if method in ("positions", "lora"):
+        assert results["train"]["trainable_parameters"] < results["train"]["total_parameters"] / 10
+
+
+@pytest.mark.slow
+def test_adapt_the_real_checkpoint_to_2048_tokens(assets, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_posenc
+    from hf_posenc.hub.assets import minilm_checkpoint
+
+    checkpoint = minilm_checkpoint()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = hf_posenc.patch_model(AutoModel.from_pretrained(checkpoint), "t5", replace=True)
+    out = tmp_path / "minilm-t5-2048"
+    hf_posenc.adapt(model, tokenizer, _texts(assets), target_length=2048, steps=2, batch_size=4, output_dir=out)
+    loaded = AutoModel.from_pretrained(out)
+    ids = tokenizer(" ".join(["a long review"] * 700), return_tensors="pt", truncation=False)["input_ids"][:, :2048]
+    assert ids.shape[1] == 2048
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state, atol=1e-4, rtol=0
+        )
