@@ -156,6 +156,14 @@ def test_chunked_evaluation_alone_is_labelled_and_reported_as_the_metrics(assets
     assert (Path(run.output_dir) / "results.md").is_file()
 
 
+def test_chunked_evaluation_alone_reads_past_a_learned_table(assets, tmp_path):
+    run = tiny_run(assets, tmp_path, encoding="learned", eval_mode="chunked", eval_lengths=[16, 200])
+    results = run_classification(run)
+    assert results["metrics"]["200"]["n"] == results["data"]["test_examples"]
+    with pytest.raises(ValueError, match="--max_length 200"):  # the single pass at 200 needs a longer table
+        run_classification(tiny_run(assets, tmp_path, encoding="learned", eval_mode="both", eval_lengths=[16, 200]))
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -336,7 +336,7 @@ def run_classification(
     timings, started = {}, time.perf_counter()
     checkpoint = resolve_checkpoint(run.model)
     config = AutoConfig.from_pretrained(checkpoint)
-    check_lengths(config, run, [run.train_length, *run.eval_lengths, *run.mlm_eval_lengths, *chunk_lengths(run)])
+    check_lengths(config, run, [run.train_length, *single_lengths(run), *run.mlm_eval_lengths, *chunk_lengths(run)])
     check_methods(config, run, [run.train_length] + ([run.mlm_length] if run.mlm_steps else []))
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     check_evaluation(run, tokenizer)
@@ -376,6 +376,12 @@ def run_classification(
     if keep_model:
         results["model"] = accelerator.unwrap_model(model)
     return results
+
+
+def single_lengths(run: RunConfig) -> list[int]:
+    """The lengths the model reads in one pass: the evaluation lengths unless evaluation is chunked only (then a
+    learned table need not cover them: each chunk starts again at position 0)."""
+    return run.eval_lengths if "single" in eval_modes(run.eval_mode) else []
 
 
 def chunk_lengths(run: RunConfig) -> list[int]:
