@@ -354,6 +354,14 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
 
 
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def _diagnose_file(path: Path) -> str | None:
     """Why a local data file cannot be read (empty, not UTF-8, a malformed JSON line), naming it and the line."""
     suffix = path.suffix.lower()
@@ -378,8 +386,9 @@ def _diagnose_file(path: Path) -> str | None:
         try:
             json.loads("".join(lines))
             return None
-        except json.JSONDecodeError:
-            pass  # JSON lines in a .json file: check line by line
+        except json.JSONDecodeError as error:
+            if not _is_json(content[0]):  # one JSON document, not JSON lines in a .json file
+                return f"{path} line {error.lineno} is not valid JSON ({error.msg} at column {error.colno})."
     if suffix in (".json", ".jsonl"):
         for number, line in enumerate(lines, start=1):
             try:
