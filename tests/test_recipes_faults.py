@@ -94,7 +94,6 @@ def error_line(stderr: str) -> str:
 def assert_same_run(resumed: dict, whole: dict) -> None:
     assert resumed["train"]["completed_steps"] == whole["train"]["completed_steps"] == 6
     assert resumed["train"]["losses"] == whole["train"]["losses"]
-    assert resumed["metrics"] == {n: {**m, "seconds": m["seconds"]} for n, m in resumed["metrics"].items()}
     scores = {n: (m["accuracy"], m["macro_f1"], m["n"]) for n, m in resumed["metrics"].items()}
     assert scores == {n: (m["accuracy"], m["macro_f1"], m["n"]) for n, m in whole["metrics"].items()}
     expected, found = whole["model"].state_dict(), resumed["model"].state_dict()
