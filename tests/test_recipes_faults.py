@@ -183,6 +183,14 @@ def test_cli_resume_with_another_encoding_exits_2_with_one_line(assets, stopped,
     assert not (folder / "results.md").exists()
 
 
+def test_a_moved_run_folder_resumes_with_progress_and_cadence_changed(assets, stopped, tmp_path):
+    folder = copy_run(stopped, tmp_path)  # output_dir differs from the saved one
+    run = tiny_run(assets, folder, max_steps=2, resume_from="latest", checkpoint_every=1, progress=True)
+    resumed = run_classification(run)
+    assert resumed["train"]["completed_steps"] == 2 and len(resumed["train"]["losses"]) == 2
+    assert (folder / "checkpoints" / "step_2" / CHECKPOINT_MANIFEST).is_file() and "metrics" in resumed
+
+
 def test_settings_differences_ignores_only_the_allow_list():
     saved = RunConfig().to_dict()
     requested = {**saved, "output_dir": "moved", "stop_after": 3, "resume_from": "latest", "progress": False}
