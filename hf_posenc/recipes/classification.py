@@ -24,7 +24,7 @@ from .methods import RandomWindows, augment_loader, check_methods, select_traina
 from .mlm import adapt_mlm
 from .results import environment, git_revision, write_run_results
 from .settings import RunConfig
-from .training import apply_encoding, check_lengths, fit, load_pretrained, make_accelerator
+from .training import apply_encoding, check_lengths, check_resume, fit, load_pretrained, make_accelerator
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model: the checkpoint's classification head, or a mean-pooled linear head
@@ -337,6 +337,7 @@ def run_classification(
     checkpoint = resolve_checkpoint(run.model)
     config = AutoConfig.from_pretrained(checkpoint)
     check_lengths(config, run, [run.train_length, *single_lengths(run), *run.mlm_eval_lengths, *chunk_lengths(run)])
+    check_resume(run, Path(run.output_dir) / "checkpoints")
     check_methods(config, run, [run.train_length] + ([run.mlm_length] if run.mlm_steps else []))
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     check_evaluation(run, tokenizer)

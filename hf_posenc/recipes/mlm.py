@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..architectures import architecture_for, get_submodule
 from ..augmentation import METHODS, PositionAugmentation
+from ..hub.files import atomic_write
 from .adaptation import adaptation_key, cached_adaptation
 from .data import load_running_text, resolve_checkpoint, special_tokens
 from .methods import (
@@ -270,8 +271,8 @@ def run_mlm_adaptation(run: RunConfig) -> dict:
         tables = (
             [markdown_table(summary, lengths, metric) for metric in ("mlm_loss", "mlm_accuracy")] if lengths else []
         )
-        (folder / "results.md").write_text(
-            f"# MLM adaptation: {run.variant} on {run.mlm_dataset}\n\n" + "\n".join(tables)
+        atomic_write(
+            folder / "results.md", f"# MLM adaptation: {run.variant} on {run.mlm_dataset}\n\n" + "\n".join(tables)
         )
     return record
 

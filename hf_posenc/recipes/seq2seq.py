@@ -25,7 +25,7 @@ from .data import dataset_info, load_running_text, resolve_checkpoint, special_t
 from .methods import EncoderPositions, augment_loader, check_methods, check_seq2seq_augmentation
 from .results import environment, write_json
 from .settings import Seq2SeqConfig
-from .training import fit, make_accelerator
+from .training import check_resume, fit, make_accelerator
 
 NOT_PRETRAINED = (
     "NOT pretrained BART: a small BART trained from scratch here (shared embeddings warm-started from "
@@ -233,6 +233,7 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     started = time.perf_counter()
     if run.task not in OFFLINE_TASKS and run.task.startswith(("copy", "reverse")):
         raise ValueError(f"Unknown offline task {run.task!r}; offline tasks are {OFFLINE_TASKS}.")
+    check_resume(run, Path(run.output_dir) / "checkpoints")
     check_methods(None, run, [run.train_length])
     check_seq2seq_augmentation(run)
     accelerator = make_accelerator(run)
