@@ -67,7 +67,7 @@ def posenc_attention_forward(
     terms = AttentionTerms(query, key) if encoding is None else encoding.attend(query, key, positions, context)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
     scaling = _scaling(context.options, query, key, scaling)
-    if context.options.window is not None:
+    if context.options.window is not None and context.options.window // 2 < key.shape[2] - 1:
         attention_mask = _local_mask(context, attention_mask, query.shape[2], key.shape[2], causal, query.device)
         causal = False  # folded into the local mask
     if terms.rows is not None and (terms.bias is None or _differentiated(terms, value)):
@@ -94,7 +94,8 @@ def _scaling(options: AttentionOptions, query: torch.Tensor, key: torch.Tensor, 
 
 
 def _local_mask(context: PositionContext, attention_mask, q_len: int, k_len: int, causal: bool, device):
-    """The padding / causal mask restricted to the local + global pattern, as one boolean mask built once per
+    """The padding / causal mask restricted to the local + global pattern (called only when the window does not
+    cover every key: then attention is full, and exactly as without a window), as one boolean mask built once per
     forward and shared by the layers (never a float (Q, K) tensor: SDPA takes the boolean mask on its fused path)."""
 
     def compute() -> torch.Tensor:
