@@ -134,12 +134,30 @@ class ExplicitPositions:
             names = [n for n in inspect.signature(module.forward).parameters if n not in ("args", "kwargs")]
             if self.argument in names and names.index(self.argument) < len(args):
                 ids = args[names.index(self.argument)]
-        if ids is not None and self.stack.table_call == "position_ids":
-            offset = self.stack.offset(module.config)
+        if ids is not None:
+            offset = self.stack.offset(module.config) if self.stack.table_call == "position_ids" else 0
+            self._check_table(module, int(ids.max()) - offset)
             if self.embeddings is not None:  # BERT gathers token_type_ids by row id: the buffers must reach them
                 ensure_buffers(self.embeddings, int(ids.max()) + 1)
             ids = ids - offset
         self.context.requested = ids
+
+    def _check_table(self, base: nn.Module, largest: int) -> None:
+        """A position past a learned table (not mapped into it) would fail deep inside `nn.Embedding`."""
+        table = get_submodule(base, self.stack.table)
+        if not isinstance(table, nn.Embedding) or any(isinstance(h, PositionMap) for h in _pre_hooks(table)):
+            return
+        limit = self.stack.table_limit(table, base.config)
+        if largest >= limit:
+            raise ValueError(
+                f"position_ids reach position {largest}, but the {self.stack.name}'s learned table has {limit} "
+                f"positions. Grow it first: hf_posenc.extend_positions(model, {largest + 1}) or "
+                f"patch_model(model, 'learned', max_length={largest + 1}); or lower the augmentation's target_length."
+            )
+
+
+def _pre_hooks(module: nn.Module) -> list:
+    return list(module._forward_pre_hooks.values())
 
 
 class TablePositions:

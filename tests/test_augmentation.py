@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hf_posenc
 from hf_posenc import ENCODINGS, patch_model
 from hf_posenc.augmentation import METHODS, PositionAugmentation, sample_position_ids
 from tests.tiny_models import tiny_model, token_ids
@@ -296,3 +297,46 @@ def test_pose_trains_the_learned_rows_past_the_training_length(model_type):
     augmented = sample_position_ids(4, 32, target_length=256, generator=_generator())
     pose = rows_with_gradient(augmented)
     assert max(pose) > 64 + offset and pose == set((augmented + offset).flatten().tolist())
+
+
+@pytest.mark.parametrize("model_type", ["bert", "bart"])
+def test_ids_past_a_learned_table_name_the_fix(model_type):
+    model = tiny_model(model_type)
+    patch_model(model, "learned")
+    ids = token_ids(1, 8)
+    far = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 70]])
+    kwargs = {"decoder_input_ids": ids} if model_type == "bart" else {}
+    with pytest.raises(ValueError, match=r"reach position 70, but the encoder's learned table has 64 positions"):
+        model(input_ids=ids, position_ids=far, **kwargs)
+    mapped = patch_model(tiny_model(model_type), "learned", position_ids="recurrent", max_length=128)
+    with torch.no_grad():
+        mapped(input_ids=ids, position_ids=far, **kwargs)  # mapped into the trained rows: allowed
+
+
+def test_unpatch_removes_every_hook_and_restores_the_outputs():
+    model = tiny_model("bart")
+    ids = token_ids(2, 10)
+    with torch.no_grad():
+        before = model(input_ids=ids, decoder_input_ids=ids).last_hidden_state
+    patch_model(model, "alibi", attention_window=4, attention_scale="log", attention_scale_length=8)
+    patch_model(model, "rope", attention_window=6, replace=True)
+    assert len(model.base_model._forward_pre_hooks) == 2  # one per stack: the replaced patch's are gone
+    hf_posenc.unpatch_model(model)
+    modules = [model.base_model, model.base_model.encoder.embed_positions, model.base_model.decoder.embed_positions]
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in modules)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, decoder_input_ids=ids).last_hidden_state, before)
+
+
+@pytest.mark.parametrize("encoding", ["alibi", "relative_key", "learned"])
+def test_gradient_checkpointing_replays_the_layers_with_the_explicit_ids(encoding):
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model("bert", head="BertForSequenceClassification").train()
+        patch_model(model, encoding)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        positions = sample_position_ids(2, SHORT, target_length=TARGET, generator=_generator(3))
+        model(input_ids=token_ids(2, SHORT), position_ids=positions).logits.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
