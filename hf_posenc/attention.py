@@ -20,9 +20,6 @@ from .blockwise import blockwise_attention, merge_bias_mask
 from .encodings import AttentionOptions, AttentionTerms, PositionContext, Positions
 
 BACKEND = "posenc"
-POSITION_KWARGS = ("position_ids", "decoder_position_ids")
-"""Keyword arguments that carry position ids through a model's layers; the backend drops them (it reads the stack's
-context) before calling SDPA."""
 ATTACHED_ATTRIBUTE = "_posenc"
 """Where a self-attention module carries its `(encoding, context)`: in `__dict__`, not a registered submodule, so a
 shared encoding is not registered (and saved) once per layer."""
@@ -58,7 +55,8 @@ def posenc_attention_forward(
     SDPA's. In a patched model position ids come from the stack's context (`hf_posenc.state.ExplicitPositions`), not
     from `kwargs`: BART hands one stack's ids to both of its stacks. A context that no model routes ids into (a bare
     attention call) takes `position_ids` from `kwargs`."""
-    given = [kwargs.pop(name, None) for name in POSITION_KWARGS][0]
+    given = kwargs.pop("position_ids", None)
+    kwargs.pop("decoder_position_ids", None)  # BART hands it to every layer of both stacks
     state = attached(module)
     if state is None:  # cross-attention: position-free by design
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)

@@ -136,9 +136,10 @@ class ExplicitPositions:
                 ids = args[names.index(self.argument)]
         if ids is not None:
             offset = self.stack.offset(module.config) if self.stack.table_call == "position_ids" else 0
-            self._check_table(module, int(ids.max()) - offset)
+            largest = int(ids.max())
+            self._check_table(module, largest - offset)
             if self.embeddings is not None:  # BERT gathers token_type_ids by row id: the buffers must reach them
-                ensure_buffers(self.embeddings, int(ids.max()) + 1)
+                ensure_buffers(self.embeddings, largest + 1)
             ids = ids - offset
         self.context.requested = ids
 
