@@ -321,12 +321,19 @@ def _install_attention(model: nn.Module, plan: StackPlan) -> None:
 def _install_explicit_positions(model: nn.Module, plan: StackPlan, context: PositionContext, stack_module) -> None:
     """Route the position ids a caller passes to the model into the stack (see `ExplicitPositions`)."""
     base, stack = model.base_model, plan.stack
-    has_encoder = any(s.name == "encoder" for s in present_stacks(model))
-    argument = "decoder_position_ids" if stack.name == "decoder" and has_encoder else "position_ids"
     embeddings = base.get_submodule(stack.embeddings) if stack.embeddings else None
-    hook = ExplicitPositions(context, stack, argument, embeddings)
+    if stack.name == "decoder" and not any(s.name == "encoder" for s in present_stacks(model)):
+        # A decoder-only model (BartForCausalLM) calls its decoder directly, with the caller's `position_ids`; the
+        # hook goes first, before the stack hook takes the ids.
+        table = stack.table.removeprefix(stack.module + ".")
+        hook = ExplicitPositions(context, stack, "position_ids", embeddings, table)
+        handle = stack_module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
+    else:
+        argument = "decoder_position_ids" if stack.name == "decoder" else "position_ids"
+        hook = ExplicitPositions(context, stack, argument, embeddings, stack.table)
+        handle = base.register_forward_pre_hook(hook, with_kwargs=True)
     context.routed = True
-    remember_hook(stack_module, base.register_forward_pre_hook(hook, with_kwargs=True))
+    remember_hook(stack_module, handle)
     if stack.table_call == "bart":
         table, positions = get_submodule(base, stack.table), TablePositions(context)
         remember_hook(stack_module, table.register_forward_pre_hook(positions, with_kwargs=True, prepend=True))

@@ -120,13 +120,17 @@ class ExplicitPositions:
     patched stack, as logical positions (from 0), through the stack's `PositionContext`.
 
     The encoder takes `position_ids`; a decoder takes `decoder_position_ids`, or `position_ids` when the model has no
-    encoder (`BartForCausalLM`). Row ids (RoBERTa's, offset by `padding_idx + 1`) are turned into positions. The
-    attention backend and BART's tables read them from the context: transformers' BART neither accepts position ids
-    for its encoder nor passes BERT's to attention per stack.
+    encoder (`BartForCausalLM`, which calls its decoder directly: the hook then sits on the decoder). Row ids
+    (RoBERTa's, offset by `padding_idx + 1`) are turned into positions. The attention backend and BART's tables read
+    them from the context: transformers' BART neither accepts position ids for its encoder nor passes BERT's to
+    attention per stack.
     """
 
-    def __init__(self, context: PositionContext, stack: StackSpec, argument: str, embeddings: nn.Module | None):
+    def __init__(
+        self, context: PositionContext, stack: StackSpec, argument: str, embeddings: nn.Module | None, table: str
+    ) -> None:
         self.context, self.stack, self.argument, self.embeddings = context, stack, argument, embeddings
+        self.table = table  # the table's path from the hooked module
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get(self.argument)
@@ -145,7 +149,7 @@ class ExplicitPositions:
 
     def _check_table(self, base: nn.Module, largest: int) -> None:
         """A position past a learned table (not mapped into it) would fail deep inside `nn.Embedding`."""
-        table = get_submodule(base, self.stack.table)
+        table = get_submodule(base, self.table)
         if not isinstance(table, nn.Embedding) or any(isinstance(h, PositionMap) for h in _pre_hooks(table)):
             return
         limit = self.stack.table_limit(table, base.config)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import hf_posenc
 from hf_posenc import ENCODINGS, patch_model
 from hf_posenc.augmentation import METHODS, PositionAugmentation, sample_position_ids
-from tests.tiny_models import tiny_model, token_ids
+from tests.tiny_models import HEADS, tiny_model, token_ids
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -340,3 +340,26 @@ def test_gradient_checkpointing_replays_the_layers_with_the_explicit_ids(encodin
         model(input_ids=token_ids(2, SHORT), position_ids=positions).logits.sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+HEAD_CASES = [("bert", h) for h in HEADS["bert"]] + [("bart", h) for h in HEADS["bart"]]
+
+
+@pytest.mark.parametrize("model_type, head", HEAD_CASES)
+def test_every_task_head_routes_the_ids(model_type, head):
+    model = patch_model(tiny_model(model_type, head=head), "alibi")
+    shape = (2, 3, SHORT) if head.endswith("MultipleChoice") else (2, SHORT)
+    ids = token_ids(shape[0] * (3 if len(shape) == 3 else 1), SHORT).view(shape)
+    ids[..., -1] = 2  # BART's classification heads read the eos token
+    names = ["position_ids"] + (["decoder_position_ids"] if model_type == "bart" and "CausalLM" not in head else [])
+    extra = {"decoder_input_ids": ids} if len(names) == 2 else {}
+
+    def output(positions):
+        with torch.no_grad():
+            kwargs = {} if positions is None else {n: positions for n in names}
+            result = model(input_ids=ids, **extra, **kwargs)
+        return result[0]
+
+    plain = torch.arange(SHORT).expand(shape)
+    assert torch.equal(output(plain), output(None))  # explicit default positions change nothing
+    assert not torch.equal(output(plain * 3), output(None))  # and others reach the attention
