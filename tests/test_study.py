@@ -287,3 +287,19 @@ def test_evaluation_documents_follow_the_test_split(assets, tmp_path):
     test = classification_splits(run)[1]
     assert documents["labels"] == list(test["label"])
     assert documents["n_tokens"] == [len(text.split()) for text in test["text"]]  # one fixture word is one token
+
+
+def test_best_variant_is_saved_with_its_model_card(assets, tmp_path, capsys):
+    from hf_posenc.recipes.sweep import export_best_variant
+
+    values = sweep_dict(assets, tmp_path / "sweep", variants=("perfect", "wrong"), seeds=(0,))
+    summary = run_sweep(SweepConfig.from_dict(values), runner=FakeRunner())
+    # The stand-in rows carry labels; the export retrains the best one for real (two steps of the tiny model).
+    for run in summary["runs"]:
+        run["config"]["max_steps"] = 2
+    exported = export_best_variant(summary, tmp_path / "card", repo_id="someone/tiny-alibi")
+    assert exported["variant"] == "perfect"
+    folder = Path(exported["folder"])
+    assert (folder / "README.md").is_file() and (folder / "config.json").is_file()
+    assert "alibi" in (folder / "README.md").read_text().lower()
+    assert "someone/tiny-alibi" in capsys.readouterr().out  # the dry run says what it would upload
