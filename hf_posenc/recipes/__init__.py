@@ -5,6 +5,7 @@
     data            datasets (Hub ids, local files, offline public data) and the default checkpoint
     training        the Accelerate loop shared by every recipe: patching, optimizer, checkpoints, exact resume
     classification  the classification run: data loaders, evaluation, `run_classification`
+    chunked         chunked evaluation: long documents read in training-length windows, pooled per document
     mlm             masked-LM adaptation before the task
     seq2seq         the small-BART recipe
     results         environment record, results files, tables and the plot
@@ -12,6 +13,7 @@
     cli             `hf-posenc train / sweep / report` and the scripts' parsers
 """
 
+from .chunked import CHUNK_POOLINGS, EVAL_MODES, ChunkingCollator, chunked_document_logits
 from .classification import (
     POOLINGS,
     DataloaderFactory,
@@ -22,8 +24,10 @@ from .classification import (
     classification_dataloaders,
     classification_scores,
     classification_splits,
+    document_predictions,
     eval_loaders,
     evaluate_classification,
+    evaluate_documents,
     load_adapted_encoder,
     run_classification,
     tokenize_texts,
@@ -59,6 +63,8 @@ from .training import (
 )
 
 __all__ = [
+    "CHUNK_POOLINGS",
+    "EVAL_MODES",
     "NOT_METRICS",
     "POOLINGS",
     "SWEEP_KINDS",
@@ -74,14 +80,18 @@ __all__ = [
     "aggregate",
     "apply_encoding",
     "build_classifier",
+    "ChunkingCollator",
     "check_label_head",
     "check_lengths",
     "classification_dataloaders",
     "classification_scores",
+    "chunked_document_logits",
     "classification_splits",
+    "document_predictions",
     "environment",
     "eval_loaders",
     "evaluate_classification",
+    "evaluate_documents",
     "fit",
     "git_revision",
     "load_adapted_encoder",

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..patching import patch_spec
+from .chunked import ChunkingCollator, check_chunking, chunked_document_logits, eval_modes
 from .data import base_model_name, dataset_info, load_text_classification, resolve_checkpoint, special_tokens
 from .mlm import adapt_mlm
 from .results import environment, git_revision, write_run_results
@@ -55,13 +56,20 @@ class MeanPoolingClassifier(nn.Module):
     def base_model(self) -> nn.Module:
         return self.encoder
 
-    def forward(self, input_ids, attention_mask, labels=None):
+    def embed(self, input_ids, attention_mask, **encoder_inputs) -> torch.Tensor:
+        """The attention-masked mean of the last hidden states (batch, hidden)."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_inputs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def head(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Logits of pooled embeddings (chunked evaluation pools several chunks' embeddings before the head)."""
+        return self.classifier(self.dropout(embedding))
+
+    def forward(self, input_ids, attention_mask, labels=None, **encoder_inputs):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        logits = self.classifier(self.dropout(pooled))
+        logits = self.head(self.embed(input_ids, attention_mask, **encoder_inputs))
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -109,7 +117,8 @@ def load_adapted_encoder(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 class TruncatingCollator:
-    """Turn examples with token `ids` (no special tokens) into a padded batch truncated at `length` tokens."""
+    """Turn examples with token `ids` (no special tokens) into a padded batch truncated at `length` tokens; an
+    example's `index` (its row in the test split) is passed on as the batch's `index`."""
 
     def __init__(self, tokenizer, length: int, label_key: str = "label") -> None:
         self.length, self.label_key, self.pad = length, label_key, tokenizer.pad_token_id
@@ -124,6 +133,8 @@ class TruncatingCollator:
         batch = {"input_ids": input_ids, "attention_mask": mask}
         if self.label_key in examples[0]:
             batch["labels"] = torch.tensor([e[self.label_key] for e in examples])
+        if "index" in examples[0]:
+            batch["index"] = torch.tensor([e["index"] for e in examples])
         return batch
 
 
@@ -138,8 +149,10 @@ def tokenize_texts(split, tokenizer, max_tokens: int):
 
 
 def eval_loaders(split, tokenizer, lengths: list[int], tokens_per_batch: int) -> dict[int, DataLoader]:
-    """One loader per evaluation length; longest documents first, batches sized by a token budget."""
-    ordered = split.sort("n_tokens", reverse=True).select_columns(["ids", "label"])
+    """One loader per evaluation length; longest documents first, batches sized by a token budget. An `index`
+    column (the document's row in the test split) is kept for per-document results."""
+    ordered = split.sort("n_tokens", reverse=True)
+    ordered = ordered.select_columns([c for c in ("ids", "label", "index") if c in ordered.column_names])
     return {
         n: DataLoader(ordered, batch_size=max(1, tokens_per_batch // n), collate_fn=TruncatingCollator(tokenizer, n))
         for n in lengths
@@ -162,6 +175,7 @@ def classification_splits(run: RunConfig):
 def classification_dataloaders(run: RunConfig, tokenizer) -> tuple[DataLoader, dict[int, DataLoader], dict]:
     """Load the run's dataset and return (train loader, {length: eval loader}, data facts)."""
     train, test = classification_splits(run)
+    test = test.add_column("index", list(range(len(test))))  # stable document ids: rows of the seeded test split
     train = tokenize_texts(train, tokenizer, run.train_length)
     test = tokenize_texts(test, tokenizer, max(run.eval_lengths))
     train_loader = DataLoader(
@@ -193,22 +207,94 @@ def _subsample(split, count: int | None, seed: int):
 @torch.no_grad()
 def evaluate_classification(accelerator, model, loaders: dict[int, DataLoader], progress: bool = True) -> dict:
     """Accuracy and macro-F1 at each length; predictions gathered across processes with `gather_for_metrics`."""
+    return evaluate_documents(accelerator, model, loaders, progress=progress)[0]
+
+
+@torch.no_grad()
+def evaluate_documents(
+    accelerator,
+    model,
+    loaders: dict[int, DataLoader],
+    chunk_pooling: str | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict]:
+    """Scores and per-document predictions at each length, gathered across processes with `gather_for_metrics`.
+
+    Args:
+        loaders: {length: prepared loader} of `TruncatingCollator` batches (`chunk_pooling=None`) or of
+            `ChunkingCollator` batches.
+        chunk_pooling: None for single-pass batches, else "embeddings" or "logits" (`chunked_document_logits`).
+
+    Returns:
+        ({length: accuracy, macro_f1, n, seconds, seq_per_s}, {length: {"index", "prediction", "label"}}), the
+        per-document lists ordered by document index (batches without `index` are numbered in the order read).
+    """
     from tqdm.auto import tqdm
 
     model.eval()
-    results = {}
+    embedder = accelerator.unwrap_model(model) if chunk_pooling == "embeddings" else None
+    metrics, documents = {}, {}
     for length, loader in loaders.items():
-        started, predictions, references = time.perf_counter(), [], []
-        bar = tqdm(loader, desc=f"eval@{length}", disable=not (progress and accelerator.is_local_main_process))
+        started, found = time.perf_counter(), {"index": [], "prediction": [], "label": []}
+        label = f"eval@{length}" + (" chunked" if chunk_pooling else "")
+        bar = tqdm(loader, desc=label, disable=not (progress and accelerator.is_local_main_process))
         for batch in bar:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            found, labels = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"]))
-            predictions.append(found.cpu())
-            references.append(labels.cpu())
-        scores = classification_scores(torch.cat(predictions), torch.cat(references))
+            if chunk_pooling is None:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            else:
+                with accelerator.autocast():
+                    logits = chunked_document_logits(model, batch, chunk_pooling, embedder)
+            labels = batch["labels"]
+            index = batch.get("index", torch.full_like(labels, -1))
+            for key, value in zip(found, accelerator.gather_for_metrics((index, logits.argmax(-1), labels))):
+                found[key].append(value.cpu())
+        index, prediction, labels = (torch.cat(found[k]) for k in ("index", "prediction", "label"))
+        if (index < 0).any():
+            index = torch.arange(len(labels))
+        order = torch.argsort(index)
+        documents[str(length)] = {k: v[order].tolist() for k, v in zip(found, (index, prediction, labels))}
+        scores = classification_scores(prediction, labels)
         seconds = time.perf_counter() - started
-        results[str(length)] = {**scores, "seconds": round(seconds, 2), "seq_per_s": round(scores["n"] / seconds, 2)}
-    return results
+        metrics[str(length)] = {**scores, "seconds": round(seconds, 2), "seq_per_s": round(scores["n"] / seconds, 2)}
+    return metrics, documents
+
+
+def document_predictions(per_mode: dict[str, dict]) -> dict:
+    """The results' `predictions` entry: document indices and gold labels once, predicted labels per mode and length.
+
+    `per_mode` is {mode: {length: {"index", "prediction", "label"}}} from `evaluate_documents`. Every mode and length
+    read the same documents, so one `document_index` and one `labels` list serve all; `(predictions[mode][length],
+    labels)` is what `hf_posenc.recipes.stats` bootstraps, and runs with the same `data_seed` pair by position.
+    """
+    first = next(iter(next(iter(per_mode.values())).values()))
+    record = {"document_index": first["index"], "labels": first["label"]}
+    for mode, per_length in per_mode.items():
+        for length, found in per_length.items():
+            if found["index"] != first["index"] or found["label"] != first["label"]:
+                raise RuntimeError(f"Evaluation {mode}@{length} read other documents than the first evaluation.")
+        record[mode] = {length: found["prediction"] for length, found in per_length.items()}
+    return record
+
+
+def chunked_loaders(loaders: dict[int, DataLoader], tokenizer, run: RunConfig) -> dict[int, DataLoader]:
+    """Loaders over the same documents and batches as `loaders`, cutting each document into chunks."""
+    window = run.chunk_window or run.train_length
+    return {
+        n: DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            collate_fn=ChunkingCollator(tokenizer, n, window, run.chunk_stride),
+        )
+        for n, loader in loaders.items()
+    }
+
+
+def check_evaluation(run: RunConfig, tokenizer) -> None:
+    """Refuse evaluation settings that cannot work (eval_mode, chunk window, stride, pooling) before training."""
+    if "chunked" in eval_modes(run.eval_mode):
+        prefix, suffix = special_tokens(tokenizer)
+        window = run.chunk_window or run.train_length
+        check_chunking(window, run.chunk_stride, run.chunk_pooling, len(prefix) + len(suffix), run.pooling == "mean")
 
 
 def classification_scores(predictions: torch.Tensor, references: torch.Tensor) -> dict[str, float]:
@@ -246,9 +332,10 @@ def run_classification(
     timings, started = {}, time.perf_counter()
     checkpoint = resolve_checkpoint(run.model)
     config = AutoConfig.from_pretrained(checkpoint)
-    check_lengths(config, run, [run.train_length, *run.eval_lengths, *run.mlm_eval_lengths])
-    accelerator = make_accelerator(run)
+    check_lengths(config, run, [run.train_length, *run.eval_lengths, *run.mlm_eval_lengths, *chunk_lengths(run)])
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    check_evaluation(run, tokenizer)
+    accelerator = make_accelerator(run)
     train_loader, loaders, facts = get_dataloaders(run, tokenizer)
     check_label_head(config, len(facts["class_names"]), facts["class_names"])
     timings["data_seconds"] = round(time.perf_counter() - started, 2)
@@ -273,9 +360,7 @@ def run_classification(
     results.update(base_model=base_model_name(run.model), dataset_info=dataset_info(run.dataset))
     results.update(patch_spec=patch_spec(model), train=train_summary, mlm=mlm_results)
     if not train_summary["stopped_early"]:
-        prepared = accelerator.prepare(*loaders.values())  # sharded per process; gather_for_metrics undoes it
-        prepared = prepared if isinstance(prepared, tuple | list) else [prepared]
-        results["metrics"] = evaluate_classification(accelerator, model, dict(zip(loaders, prepared)), run.progress)
+        results.update(evaluate_modes(accelerator, model, loaders, tokenizer, run))
     timings["total_seconds"] = round(time.perf_counter() - started, 2)
     results.update(timings=timings, environment=environment(accelerator))
     accelerator.end_training()
@@ -284,3 +369,24 @@ def run_classification(
     if keep_model:
         results["model"] = accelerator.unwrap_model(model)
     return results
+
+
+def chunk_lengths(run: RunConfig) -> list[int]:
+    """The chunk window when chunked evaluation is asked for (checked against the model's limit like a length)."""
+    return [run.chunk_window or run.train_length] if "chunked" in eval_modes(run.eval_mode) else []
+
+
+def evaluate_modes(accelerator, model, loaders: dict[int, DataLoader], tokenizer, run: RunConfig) -> dict:
+    """Evaluate in each of the run's modes; the results' `metrics` (the first mode's: single-pass when asked for),
+    `metrics_by_mode` ({mode: {length: scores}}) and `predictions` (`document_predictions`)."""
+    by_mode, documents = {}, {}
+    for mode in eval_modes(run.eval_mode):
+        mode_loaders = loaders if mode == "single" else chunked_loaders(loaders, tokenizer, run)
+        prepared = accelerator.prepare(*mode_loaders.values())  # sharded per process; gather_for_metrics undoes it
+        prepared = prepared if isinstance(prepared, tuple | list) else [prepared]
+        pooling = None if mode == "single" else run.chunk_pooling
+        by_mode[mode], documents[mode] = evaluate_documents(
+            accelerator, model, dict(zip(mode_loaders, prepared)), pooling, run.progress
+        )
+    first = next(iter(by_mode.values()))
+    return {"metrics": first, "metrics_by_mode": by_mode, "predictions": document_predictions(documents)}

@@ -141,6 +141,23 @@ class RunConfig(TrainingSettings):
     max_train_examples: int | None = _option(None, "keep at most this many training examples")
     max_eval_examples: int | None = _option(None, "keep at most this many test examples")
     eval_tokens_per_batch: int = _option(8192, "evaluation batch size in tokens (batch = this // length)")
+    # evaluation of long documents in chunks (hf_posenc.recipes.chunked)
+    eval_mode: str = _option(
+        "single",
+        "single: one pass over each document truncated at each length; chunked: the same tokens read in windows "
+        "of chunk_window tokens, each with its own special tokens, pooled per document; both: report the two",
+    )
+    chunk_window: int | None = _option(
+        None, "tokens per chunk, special tokens included, for eval_mode chunked/both; unset: train_length"
+    )
+    chunk_stride: int | None = _option(
+        None, "document tokens between chunk starts; unset: the window's document tokens (disjoint chunks)"
+    )
+    chunk_pooling: str = _option(
+        "embeddings",
+        "embeddings: mean of the chunks' pooled embeddings weighted by their token counts, then the head "
+        "(pooling=mean only); logits: mean of the chunks' logits",
+    )
     # masked-LM adaptation before the task (0 steps: none)
     mlm_steps: int = _option(0, "masked-LM adaptation steps before the task (0: none)")
     mlm_dataset: str = _option("wikipedia", "running text for masked-LM adaptation")
@@ -158,7 +175,8 @@ class RunConfig(TrainingSettings):
             return self.label
         name = self.encoding + (f"@{self.max_length}" if self.max_length else "")
         name += "".join(f" {k}={v}" for k, v in sorted(self.encoding_options.items()))
-        return name + (" +abs" if self.keep_absolute else "") + (f" +mlm{self.mlm_steps}" if self.mlm_steps else "")
+        name += (" +abs" if self.keep_absolute else "") + (f" +mlm{self.mlm_steps}" if self.mlm_steps else "")
+        return name + (" chunked" if self.eval_mode == "chunked" else "")
 
 
 @dataclass
