@@ -303,3 +303,23 @@ def test_best_variant_is_saved_with_its_model_card(assets, tmp_path, capsys):
     assert (folder / "README.md").is_file() and (folder / "config.json").is_file()
     assert "alibi" in (folder / "README.md").read_text().lower()
     assert "someone/tiny-alibi" in capsys.readouterr().out  # the dry run says what it would upload
+
+
+def test_real_runs_predictions_give_every_cell_an_interval(assets, tmp_path):
+    values = sweep_dict(assets, tmp_path / "sweep", seeds=(0,), long_documents=0)
+    values["base"].update(max_steps=2, batch_size=8, pooling="mean")
+    values["variants"] = [
+        {"label": "single", "encoding": "alibi"},
+        {"label": "chunked", "encoding": "alibi", "eval_mode": "chunked", "chunk_window": 16},
+    ]
+    values["baseline_variant"] = "single"
+    summary = run_sweep(SweepConfig.from_dict(values))  # the real classification recipe, two steps each
+    intervals = summary["analysis"]["all"]["intervals"]["accuracy"]
+    for row in ("single", "chunked"):
+        for length in ("16", "64"):
+            found = intervals[row][length]
+            assert found["estimate"] == pytest.approx(summary["summary"][row][length]["accuracy"][0], abs=1e-4)
+            assert found["low"] <= found["estimate"] <= found["high"] and found["n_docs"] == 20
+    # At 16 tokens one chunk of 16 is the whole truncated document: both rows read the same tokens.
+    same = summary["analysis"]["all"]["differences"]["accuracy"]["chunked"]["16"]
+    assert same["estimate"] == pytest.approx(0.0, abs=1e-6)
