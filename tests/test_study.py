@@ -187,10 +187,11 @@ def test_finished_runs_are_reused_only_with_resume(assets, tmp_path, capsys):
     assert len(runner.calls) == 2 and again["summary"] == first["summary"]
     printed = capsys.readouterr().out
     assert "[1/2] perfect seed 0: reused" in printed and "[2/2] wrong seed 0: reused" in printed
-    # A run whose recorded settings differ from the sweep's is retrained even under resume.
+    # A finished run whose recorded settings differ from the sweep's is refused even under resume, naming the field.
     changed = {**values, "resume": True, "base": {**values["base"], "eval_lengths": [16]}}
-    run_sweep(SweepConfig.from_dict(changed), runner=runner)
-    assert len(runner.calls) == 4
+    with pytest.raises(ValueError, match="eval_lengths"):
+        run_sweep(SweepConfig.from_dict(changed), runner=runner)
+    assert len(runner.calls) == 2
 
 
 def test_study_entry_point_compares_with_a_reference(assets, tmp_path, monkeypatch, capsys):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..hub.files import atomic_path, atomic_write, read_json
 from ..hub.publish import push_to_hub, save_for_hub
 from . import stats
 from .classification import (
@@ -40,7 +41,7 @@ from .results import (
     write_json,
 )
 from .seq2seq import run_seq2seq, seq2seq_dataloaders
-from .settings import SWEEP_KINDS, RunConfig, SweepConfig, slug
+from .settings import SWEEP_KINDS, RunConfig, SweepConfig, settings_differences, slug
 from .training import check_lengths
 
 __all__ = [
@@ -324,9 +325,9 @@ def run_sweep(
 ) -> dict:
     """Run every run of the sweep, then write the summary (table with intervals, differences, plot).
 
-    A run whose `results.json` is already on disk is reused only when `sweep.resume` (printed per run, and only when
-    its settings equal the sweep's; otherwise it is retrained); without `resume` the sweep refuses to start over
-    finished runs rather than overwrite them. `runner` (one run config -> its results dict) replaces the recipe's
+    A run whose `results.json` is already on disk is reused only when `sweep.resume` (printed per run; a finished run
+    with other settings is refused, `reuse_finished`); without `resume` the sweep refuses to start over finished runs
+    rather than overwrite them. `runner` (one run config -> its results dict) replaces the recipe's
     run, for tests; `on_run_finished(run, results)` is called after each run that trained (e.g. to commit it).
     """
     from transformers import AutoTokenizer
@@ -402,17 +403,27 @@ def _refuse_finished(runs: list, resume: bool) -> None:
 
 
 def reuse_finished(run, resume: bool) -> dict | None:
-    """The finished results of `run` on disk when `resume` and its recorded settings equal the run's, else None.
+    """The finished results of `run` on disk when `resume`, else None (also for a run that stopped early).
 
-    The one place that decides whether a finished run is reused (progress bars aside, every setting must match).
+    The one place that decides whether a finished run is reused. A finished run whose recorded settings differ from
+    the requested ones is refused (ValueError naming the differences), never silently reused or overwritten.
     """
     path = Path(run.output_dir) / "results.json"
     if not resume or not path.is_file():
         return None
-    previous = json.loads(path.read_text())
-    wanted = {k: v for k, v in run.to_dict().items() if k != "progress"}
-    found = {k: v for k, v in previous.get("config", {}).items() if k != "progress"}
-    return previous if found == wanted and "metrics" in previous else None
+    fix = "Delete it (the run is then trained again) or give the sweep another output_dir."
+    previous = read_json(path, fix)
+    if "metrics" not in previous:
+        return None  # stopped early: train it (again)
+    saved = previous.get("config") if isinstance(previous, dict) else None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} has no run config, so it cannot be reused. {fix}")
+    differences = settings_differences(saved, json.loads(json.dumps(run.to_dict(), default=str)))
+    if differences:
+        raise ValueError(
+            f"{path} holds a finished run with other settings (saved -> requested): {'; '.join(differences)}. {fix}"
+        )
+    return previous
 
 
 def render(summary: dict, folder: Path) -> None:
@@ -424,7 +435,7 @@ def render(summary: dict, folder: Path) -> None:
     sweep = SweepConfig.from_dict(summary["sweep"])
     base = sweep.runs()[0]
     write_json(summary, folder / "results.json")
-    (folder / "results.md").write_text(sweep_markdown(summary, base.eval_lengths, sweep.metric))
+    atomic_write(folder / "results.md", sweep_markdown(summary, base.eval_lengths, sweep.metric))
     title = f"{_subject(summary['runs'][0])}: trained at {base.train_length} tokens, {len(sweep.seeds)} seed(s)"
     analysis = summary.get("analysis") or {}
     if analysis:
@@ -432,9 +443,12 @@ def render(summary: dict, folder: Path) -> None:
             name = "results.png" if subset == "all" else "results_long.png"
             intervals = _intervals(entry["intervals"][sweep.metric])
             suffix = "" if subset == "all" else f" ({subset}: {entry['n_docs']} documents)"
-            stats.plot_intervals(
-                intervals, folder / name, train_length=base.train_length, metric=sweep.metric, title=title + suffix
+            figure = stats.plot_intervals(
+                intervals, train_length=base.train_length, metric=sweep.metric, title=title + suffix
             )
+            figure.tight_layout()
+            with atomic_path(folder / name) as temporary:
+                figure.savefig(temporary, dpi=120, format="png")
         return
     plot(
         summary["summary"],
