@@ -179,3 +179,269 @@ def test_bad_chunk_settings_are_refused_before_training(assets, tmp_path, monkey
     monkeypatch.setattr(classification, "fit", no_training)
     with pytest.raises(ValueError, match=message):
         run_classification(tiny_run(assets, tmp_path, **overrides))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Position augmentation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Adapted checkpoints go to a private cache (shared by the tests of this module)."""
+    monkeypatch.setenv("HF_POSENC_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.mark.parametrize("method", ["pose", "randomized"])
+def test_position_augmentation_reaches_the_model_and_is_recorded(assets, tmp_path, monkeypatch, method):
+    seen = []
+    original = MeanPoolingClassifier.forward
+
+    def spy(self, input_ids, attention_mask, labels=None, **inputs):
+        if self.training:
+            seen.append(inputs.get("position_ids"))
+        return original(self, input_ids, attention_mask, labels, **inputs)
+
+    monkeypatch.setattr(MeanPoolingClassifier, "forward", spy)
+    run = tiny_run(assets, tmp_path, position_augmentation=method)
+    run_classification(run)
+    assert len(seen) == 4 and all(ids is not None for ids in seen)
+    assert max(int(ids.max()) for ids in seen) < 64  # the target defaults to the largest evaluation length
+    assert max(int(ids.max()) for ids in seen) >= 16  # and the ids go past the training length
+    assert all(bool((ids.diff(dim=-1) > 0).all()) for ids in seen)
+    stored = saved(run)
+    assert stored["config"]["position_augmentation"] == method and f"+{method}@64" in stored["variant"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"position_augmentation": "shuffle"}, "position_augmentation must be one of"),
+        ({"position_augmentation": "pose", "augmentation_target": 8}, "below the training length"),
+        ({"augmentation_target": 64}, "position_augmentation is 'none'"),
+        ({"position_augmentation": "pose", "encoding": "learned", "eval_lengths": [16]}, None),
+        (
+            {"position_augmentation": "pose", "encoding": "learned", "eval_lengths": [16], "augmentation_target": 100},
+            "--max_length 100",
+        ),
+        ({"train_windows": "middle"}, "train_windows must be one of"),
+        ({"windows_per_document": 2}, "needs --train_windows random"),
+        ({"train_only": "attention"}, "train_only must be one of"),
+        ({"lora_r": -1}, "lora_r must be >= 0"),
+        ({"train_only": "positions", "encoding": "alibi"}, "has none"),
+        ({"train_only": "positions", "encoding": "rope"}, "has none"),
+    ],
+)
+def test_bad_method_settings_are_refused_before_training(assets, tmp_path, monkeypatch, overrides, message):
+    import hf_posenc.recipes.classification as classification
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(classification, "fit", no_training)
+    if message is None:  # valid: the learned table covers the target, so training starts
+        with pytest.raises(AssertionError, match="training started"):
+            run_classification(tiny_run(assets, tmp_path, **overrides))
+        return
+    with pytest.raises(ValueError, match=message):
+        run_classification(tiny_run(assets, tmp_path, **overrides))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Random training windows
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_random_windows_are_seeded_per_epoch_and_cover_the_document():
+    from hf_posenc.recipes.methods import RandomWindows
+
+    documents = [{"ids": list(range(100)), "label": 1}, {"ids": [7, 8], "label": 0}]
+    windows = RandomWindows(documents, room=10, windows=3, seed=5)
+    assert len(windows) == 6
+    first = [windows[i]["ids"] for i in range(6)]
+    assert all(len(w) == 10 and w == list(range(w[0], w[0] + 10)) for w in first[:3])
+    assert first[3:] == [[7, 8]] * 3  # a short document is kept whole
+    assert [RandomWindows(documents, 10, 3, seed=5)[i]["ids"] for i in range(6)] == first  # repeatable
+    starts = set()
+    for epoch in range(30):
+        windows.set_epoch(epoch)
+        starts |= {windows[i]["ids"][0] for i in range(3)}
+    assert len(starts) > 30 and min(starts) < 20 and max(starts) > 70  # windows from all over the document
+
+
+def test_random_windows_train_on_the_whole_document_and_record_the_option(assets, tmp_path, monkeypatch):
+    seen = []
+    original = MeanPoolingClassifier.forward
+
+    def spy(self, input_ids, attention_mask, labels=None, **inputs):
+        if self.training:
+            seen.append(input_ids.clone())
+        return original(self, input_ids, attention_mask, labels, **inputs)
+
+    monkeypatch.setattr(MeanPoolingClassifier, "forward", spy)
+    run = tiny_run(assets, tmp_path, train_windows="random", windows_per_document=2, max_steps=None, epochs=2)
+    results = run_classification(run)
+    stored = saved(run)
+    assert stored["config"]["train_windows"] == "random" and stored["config"]["windows_per_document"] == 2
+    documents = stored["data"]["train_examples"]
+    assert results["train"]["completed_steps"] == 2 * -(-2 * documents // run.batch_size)  # epochs twice as long
+    assert max(ids.shape[1] for ids in seen) <= 16  # never more than train_length tokens at once
+    # a first-window run reads only each document's opening; random windows read other parts of the documents
+    openings = document_openings(run, room=14)
+    rows = [row[1 : int((row != 0).sum()) - 1].tolist() for ids in seen for row in ids]
+    assert sum(tuple(r) not in openings for r in rows) > len(rows) // 2
+    seen.clear()
+    run_classification(tiny_run(assets, tmp_path, output_dir=str(tmp_path / "first"), max_steps=2))
+    assert all(tuple(row[1 : int((row != 0).sum()) - 1].tolist()) in openings for ids in seen for row in ids)
+    again = tiny_run(assets, tmp_path, train_windows="random", windows_per_document=2, max_steps=None, epochs=2)
+    again.output_dir = str(tmp_path / "again")
+    assert _scores(run_classification(again)) == _scores(results)  # seeded: the same windows, the same model
+
+
+def _scores(results: dict) -> dict:
+    return {n: (m["accuracy"], m["macro_f1"]) for n, m in results["metrics"].items()}
+
+
+def document_openings(run: RunConfig, room: int) -> set[tuple[int, ...]]:
+    from transformers import AutoTokenizer
+
+    from hf_posenc.recipes.classification import classification_splits
+
+    train, _ = classification_splits(run)
+    tokenizer = AutoTokenizer.from_pretrained(run.model)
+    return {tuple(ids[:room]) for ids in tokenizer(list(train["text"]), add_special_tokens=False)["input_ids"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What trains: position parameters and the head, LoRA
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("encoding", "keep_absolute"), [("t5", False), ("relative_key", True), ("learned", False)])
+def test_train_only_positions_trains_the_position_parameters_and_the_head(assets, tmp_path, encoding, keep_absolute):
+    from hf_posenc.recipes.methods import position_parameter_names
+
+    run = tiny_run(assets, tmp_path, encoding=encoding, keep_absolute=keep_absolute, train_only="positions")
+    run.eval_lengths = [16, 32] if encoding == "learned" else run.eval_lengths
+    results = run_classification(run, keep_model=True)
+    model = results["model"]
+    names = position_parameter_names(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(names) | {"classifier.weight", "classifier.bias"}
+    if encoding == "t5":
+        assert names == ["encoder.encoder.posenc.relative_attention_bias.weight"]
+    if keep_absolute or encoding == "learned":
+        assert "encoder.embeddings.position_embeddings.weight" in names
+    assert results["train"]["trainable_parameters"] == sum(
+        p.numel() for n, p in model.named_parameters() if n in trainable
+    )
+    assert results["train"]["trainable_parameters"] < results["train"]["total_parameters"] / 5
+    assert saved(run)["config"]["train_only"] == "positions"
+
+
+def test_train_only_positions_leaves_every_other_weight_as_loaded(assets, tmp_path):
+    from transformers import AutoModel
+
+    run = tiny_run(assets, tmp_path, encoding="t5", train_only="positions", learning_rate=1e-2)
+    model = run_classification(run, keep_model=True)["model"]
+    loaded = dict(AutoModel.from_pretrained(assets["bert"]).named_parameters())
+    for name, parameter in model.encoder.named_parameters():
+        if "posenc" not in name:
+            torch.testing.assert_close(parameter.detach(), loaded[name].detach(), atol=0, rtol=0)
+
+
+def test_lora_trains_adapters_head_and_new_position_parameters_only(assets, tmp_path):
+    pytest.importorskip("peft")
+    run = tiny_run(assets, tmp_path, encoding="relative_key", lora_r=4)
+    results = run_classification(run, keep_model=True)
+    model = results["model"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    lora = {n for n in trainable if "lora_" in n}
+    assert len(lora) == 2 * 2 * 2  # A and B, query and value, two layers
+    assert trainable - lora == {
+        "classifier.weight",
+        "classifier.bias",
+        *(f"encoder.encoder.layer.{i}.attention.self.posenc.distance_embedding.weight" for i in range(2)),
+    }
+    # B starts at zero: training moved it
+    assert any(float(p.detach().abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    assert saved(run)["config"]["lora_r"] == 4 and "+lora4" in saved(run)["variant"]
+
+
+def test_lora_without_peft_names_the_extra(assets, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_peft(name, *args, **kwargs):
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError("No module named 'peft'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_peft)
+    with pytest.raises(ImportError, match=r"pip install hf-posenc\[peft\]"):
+        run_classification(tiny_run(assets, tmp_path, lora_r=4))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cached masked-LM adaptation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def mlm_run(assets, tmp_path, **overrides) -> RunConfig:
+    values = dict(
+        mlm_steps=3,
+        mlm_dataset=str(assets["running"]),
+        mlm_length=16,
+        mlm_batch_size=4,
+        mlm_eval_lengths=[32],
+        mlm_max_eval_chunks=4,
+        position_augmentation="pose",
+        mlm_seed=0,
+    )
+    return tiny_run(assets, tmp_path, **{**values, **overrides})
+
+
+def test_mlm_adaptation_with_augmentation_is_cached_and_reused_across_seeds(assets, tmp_path, capsys):
+    first = mlm_run(assets, tmp_path, encoding="t5", output_dir=str(tmp_path / "a"))
+    results = run_classification(first)
+    cache = results["mlm"]["cache"]
+    assert cache["reused"] is False and "reusing adapted checkpoint" not in capsys.readouterr().out
+    entry = Path(cache["folder"])
+    assert {p.name for p in entry.iterdir()} == {
+        "encoder.safetensors",
+        "mlm_results.json",
+        "settings.json",
+        "manifest.json",
+    }
+    assert json.loads((entry / "settings.json").read_text())["position_augmentation"] == "pose"
+    second = mlm_run(assets, tmp_path, encoding="t5", seed=1, output_dir=str(tmp_path / "b"))
+    reused = run_classification(second)
+    assert f"reusing adapted checkpoint {cache['hash']}" in capsys.readouterr().out
+    assert reused["mlm"]["cache"] == {**cache, "reused": True}
+    assert reused["mlm"]["after"] == results["mlm"]["after"]
+    # another setting that affects the adaptation is another entry
+    other = run_classification(mlm_run(assets, tmp_path, encoding="t5", mlm_steps=2, output_dir=str(tmp_path / "c")))
+    assert other["mlm"]["cache"]["hash"] != cache["hash"] and other["mlm"]["cache"]["reused"] is False
+
+
+def test_an_incomplete_cache_entry_is_recomputed(assets, tmp_path, capsys):
+    run = mlm_run(assets, tmp_path, encoding="t5", mlm_steps=1, output_dir=str(tmp_path / "a"))
+    entry = Path(run_classification(run)["mlm"]["cache"]["folder"])
+    (entry / "encoder.safetensors").write_bytes(b"truncated")
+    again = run_classification(mlm_run(assets, tmp_path, encoding="t5", mlm_steps=1, output_dir=str(tmp_path / "b")))
+    assert again["mlm"]["cache"]["reused"] is False and "reusing" not in capsys.readouterr().out
+    assert again["mlm"]["cache"]["folder"] == str(entry) and (entry / "encoder.safetensors").stat().st_size > 100
+
+
+def test_cached_adaptation_equals_a_fresh_one(assets, tmp_path):
+    run = mlm_run(assets, tmp_path, encoding="t5", mlm_steps=2, mlm_cache=False, output_dir=str(tmp_path / "a"))
+    fresh = run_classification(run, keep_model=True)
+    cached = mlm_run(assets, tmp_path, encoding="t5", mlm_steps=2, output_dir=str(tmp_path / "b"))
+    run_classification(cached)  # computes and stores
+    reused = run_classification(
+        mlm_run(assets, tmp_path, encoding="t5", mlm_steps=2, output_dir=str(tmp_path / "c")), keep_model=True
+    )
+    assert reused["mlm"]["cache"]["reused"] is True
+    for (name, a), (_, b) in zip(fresh["model"].named_parameters(), reused["model"].named_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ..patching import patch_spec
 from .chunked import ChunkingCollator, check_chunking, chunked_document_logits, eval_modes
 from .data import base_model_name, dataset_info, load_text_classification, resolve_checkpoint, special_tokens
+from .methods import RandomWindows, augment_loader, check_methods, select_trainable, trainable_summary
 from .mlm import adapt_mlm
 from .results import environment, git_revision, write_run_results
 from .settings import RunConfig
@@ -138,8 +139,8 @@ class TruncatingCollator:
         return batch
 
 
-def tokenize_texts(split, tokenizer, max_tokens: int):
-    """Add `ids` (token ids without special tokens, at most `max_tokens`) and `n_tokens` to a dataset split."""
+def tokenize_texts(split, tokenizer, max_tokens: int | None):
+    """Add `ids` (token ids without special tokens, at most `max_tokens`; None: all) and `n_tokens` to a split."""
 
     def encode(batch):
         ids = tokenizer(batch["text"], add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
@@ -176,13 +177,16 @@ def classification_dataloaders(run: RunConfig, tokenizer) -> tuple[DataLoader, d
     """Load the run's dataset and return (train loader, {length: eval loader}, data facts)."""
     train, test = classification_splits(run)
     test = test.add_column("index", list(range(len(test))))  # stable document ids: rows of the seeded test split
-    train = tokenize_texts(train, tokenizer, run.train_length)
+    random_windows = run.train_windows == "random"
+    train = tokenize_texts(train, tokenizer, None if random_windows else run.train_length)
     test = tokenize_texts(test, tokenizer, max(run.eval_lengths))
+    documents = train.select_columns(["ids", "label"])
+    if random_windows:  # a fresh window of each whole document every epoch
+        prefix, suffix = special_tokens(tokenizer)
+        room = run.train_length - len(prefix) - len(suffix)
+        documents = RandomWindows(documents, room, run.windows_per_document, run.seed)
     train_loader = DataLoader(
-        train.select_columns(["ids", "label"]),
-        batch_size=run.batch_size,
-        shuffle=True,
-        collate_fn=TruncatingCollator(tokenizer, run.train_length),
+        documents, batch_size=run.batch_size, shuffle=True, collate_fn=TruncatingCollator(tokenizer, run.train_length)
     )
     facts = {
         "class_names": train.features["label"].names,
@@ -334,6 +338,7 @@ def run_classification(
     config = AutoConfig.from_pretrained(checkpoint)
     check_lengths(config, run, [run.train_length, *run.eval_lengths, *run.mlm_eval_lengths, *chunk_lengths(run)])
     check_resume(run, Path(run.output_dir) / "checkpoints")
+    check_methods(config, run, [run.train_length] + ([run.mlm_length] if run.mlm_steps else []))
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     check_evaluation(run, tokenizer)
     accelerator = make_accelerator(run)
@@ -347,6 +352,8 @@ def run_classification(
     model = build_classifier(run, len(facts["class_names"]))
     if adapted is not None:
         load_adapted_encoder(model, adapted)
+    model = select_trainable(model, run)
+    train_loader = augment_loader(train_loader, model, run)
     train_summary = fit(
         accelerator,
         model,
@@ -359,7 +366,7 @@ def run_classification(
     results = {"kind": "classification", "config": run.to_dict(), "variant": run.variant, "data": facts}
     # What a model card needs without importing the recipes: the base checkpoint's name and the data's provenance.
     results.update(base_model=base_model_name(run.model), dataset_info=dataset_info(run.dataset))
-    results.update(patch_spec=patch_spec(model), train=train_summary, mlm=mlm_results)
+    results.update(patch_spec=patch_spec(model), train={**train_summary, **trainable_summary(model)}, mlm=mlm_results)
     if not train_summary["stopped_early"]:
         results.update(evaluate_modes(accelerator, model, loaders, tokenizer, run))
     timings["total_seconds"] = round(time.perf_counter() - started, 2)

@@ -10,6 +10,7 @@ held-out articles with the same masks for every encoding.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..hub.files import atomic_write
+from .adaptation import adaptation_key, cached_adaptation
 from .data import load_running_text, resolve_checkpoint, special_tokens
+from .methods import augment_loader, augmentation_target, check_methods, merge_lora, select_trainable
 from .results import environment, markdown_table, write_json
 from .settings import RunConfig
 from .training import apply_encoding, check_lengths, fit, load_pretrained, make_accelerator
@@ -113,14 +116,17 @@ class MaskedPositionsMLM(nn.Module):
     def base_model(self) -> nn.Module:
         return self.model.base_model
 
-    def forward(self, input_ids, labels, attention_mask=None):
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
         from transformers.modeling_outputs import MaskedLMOutput
 
         chosen = labels != -100
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if position_ids is not None:  # position augmentation
+            inputs["position_ids"] = position_ids
         if self.head is None:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[chosen]
+            logits = self.model(**inputs).logits[chosen]
         else:
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = self.model.base_model(**inputs).last_hidden_state
             logits = self.head(hidden[chosen])
         loss = nn.functional.cross_entropy(logits.float(), labels[chosen])
         return MaskedLMOutput(loss=loss, logits=logits)
@@ -161,13 +167,36 @@ def build_mlm_model(run: RunConfig) -> nn.Module:
     return apply_encoding(model, run)
 
 
+def mlm_seed(run: RunConfig) -> int:
+    """The seed of the masked-LM phase: `mlm_seed`, or the run's seed."""
+    return run.seed if run.mlm_seed is None else run.mlm_seed
+
+
 def adapt_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.Tensor], dict]:
-    """Continue masked-LM training after the swap; return the adapted encoder's state and MLM results."""
+    """Continue masked-LM training after the swap; return the adapted encoder's state and MLM results.
+
+    With `mlm_cache` (the default) the result is looked up in the package cache by a hash of every setting that
+    affects it (`hf_posenc.recipes.adaptation.adaptation_key`) and computed only when absent.
+    """
+    if not run.mlm_cache:
+        return train_mlm(run, tokenizer, accelerator)
+    target = augmentation_target(run) if run.position_augmentation != "none" else None
+    key = adaptation_key(run, resolve_checkpoint(run.model), mlm_seed(run), target)
+    key["mlm_evaluation"] = [run.mlm_eval_lengths, run.mlm_max_eval_chunks]
+    return cached_adaptation(key, lambda: train_mlm(run, tokenizer, accelerator), log=accelerator.print)
+
+
+def train_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.Tensor], dict]:
+    """Masked-LM training of the patched encoder (with the run's augmentation, `train_only` and LoRA, adapters
+    merged at the end), seeded by `mlm_seed`: the adapted encoder's state and the MLM results."""
     from accelerate.utils import set_seed
 
-    set_seed(run.seed)
-    model = MaskedPositionsMLM(build_mlm_model(run)).to(accelerator.device)
+    seed = mlm_seed(run)
+    set_seed(seed)
+    model = MaskedPositionsMLM(build_mlm_model(run))
+    model = select_trainable(model, run).to(accelerator.device)
     loader, eval_sets = mlm_dataloaders(run, tokenizer)
+    loader = augment_loader(loader, model, dataclasses.replace(run, seed=seed))
     results = {"before": evaluate_mlm(model, eval_sets)} if eval_sets else {}
     overrides = {
         "learning_rate": run.mlm_learning_rate,
@@ -176,13 +205,24 @@ def adapt_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.T
         "resume_from": None,
         "stop_after": None,
     }
-    results["train"] = fit(
-        accelerator, model, loader, run, Path(run.output_dir) / "mlm_checkpoints", "mlm", **overrides
-    )
-    unwrapped = accelerator.unwrap_model(model)
+    data_seed = accelerator.dataloader_config.data_seed
+    accelerator.dataloader_config.data_seed = seed  # the MLM data order follows the MLM seed, not the task's
+    try:
+        results["train"] = fit(
+            accelerator,
+            model,
+            loader,
+            dataclasses.replace(run, seed=seed),
+            Path(run.output_dir) / "mlm_checkpoints",
+            "mlm",
+            **overrides,
+        )
+    finally:
+        accelerator.dataloader_config.data_seed = data_seed
+    unwrapped = merge_lora(accelerator.unwrap_model(model))
     if eval_sets:
         results["after"] = evaluate_mlm(unwrapped, eval_sets)
-    state = {k: v.detach().clone() for k, v in unwrapped.base_model.state_dict().items()}
+    state = {k: v.detach().clone().cpu() for k, v in unwrapped.base_model.state_dict().items()}
     accelerator.free_memory()  # the classification phase prepares its own model, optimizer and loader
     return state, results
 
@@ -199,7 +239,9 @@ def run_mlm_adaptation(run: RunConfig) -> dict:
         raise ValueError(f"mlm_steps must be at least 1, got {run.mlm_steps}.")
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(run.model)
-    check_lengths(AutoConfig.from_pretrained(checkpoint), run, [run.mlm_length, *run.mlm_eval_lengths])
+    config = AutoConfig.from_pretrained(checkpoint)
+    check_lengths(config, run, [run.mlm_length, *run.mlm_eval_lengths])
+    check_methods(config, run, [run.mlm_length])
     accelerator = make_accelerator(run)
     _, results = adapt_mlm(run, AutoTokenizer.from_pretrained(checkpoint), accelerator)
     record = {"kind": "mlm", "variant": run.variant, "config": run.to_dict(), "mlm": results}

@@ -118,6 +118,15 @@ class TrainingSettings(Settings):
     mixed_precision: str = _option("no", "Accelerate's mixed precision: no, fp16 or bf16")
     seed: int = _option(0, "seed of the model's initialization, dropout and the data order")
     data_seed: int = _option(0, "seed of the data split and subsampling (the same for every variant)")
+    # position augmentation (hf_posenc.augmentation): short training windows whose position ids reach a target
+    position_augmentation: str = _option(
+        "none",
+        "none, pose (PoSE, Zhu et al. 2023: chunks of the window shifted by random skips) or randomized (Ruoss et "
+        "al. 2023: a sorted random subset of the target's positions); applies to every training phase of the run",
+    )
+    augmentation_target: int | None = _option(
+        None, "the length augmented position ids reach (exclusive); unset: the largest evaluation length"
+    )
     # bookkeeping
     output_dir: str = _option("recipes/results/run", "folder of results.json, results.md and the checkpoints")
     checkpoint_every: int | None = _option(None, "write a checkpoint every this many optimizer steps")
@@ -180,7 +189,12 @@ class TrainingSettings(Settings):
     @property
     def variant(self) -> str:
         """The label of this variant: given, or the encoding with its options."""
-        return self.label or self.encoding + "".join(f" {k}={v}" for k, v in sorted(self.encoding_options.items()))
+        if self.label:
+            return self.label
+        name = self.encoding + "".join(f" {k}={v}" for k, v in sorted(self.encoding_options.items()))
+        if self.position_augmentation != "none":
+            name += f" +{self.position_augmentation}@{self.augmentation_target or max(self.eval_lengths)}"
+        return name
 
 
 @dataclass
@@ -202,6 +216,20 @@ class RunConfig(TrainingSettings):
     max_train_examples: int | None = _option(None, "keep at most this many training examples")
     max_eval_examples: int | None = _option(None, "keep at most this many test examples")
     eval_tokens_per_batch: int = _option(8192, "evaluation batch size in tokens (batch = this // length)")
+    train_windows: str = _option(
+        "first",
+        "first: train on each document's first train_length tokens; random: on a random window of train_length "
+        "tokens, drawn again every epoch (seeded), so training sees the whole document",
+    )
+    windows_per_document: int = _option(
+        1, "random windows per document and epoch (train_windows random); an epoch is this many times longer"
+    )
+    # what trains
+    train_only: str = _option("all", "all: every parameter; positions: the position parameters and the task head only")
+    lora_r: int = _option(
+        0, "LoRA rank on the attention query and value projections (0: no LoRA; needs the peft extra)"
+    )
+    lora_alpha: int | None = _option(None, "LoRA scaling alpha; unset: 2 * lora_r")
     # evaluation of long documents in chunks (hf_posenc.recipes.chunked)
     eval_mode: str = _option(
         "single",
@@ -228,6 +256,14 @@ class RunConfig(TrainingSettings):
     mlm_probability: float = _option(0.15, "fraction of the tokens masked")
     mlm_eval_lengths: list[int] = _option([], "lengths at which masked-LM loss and accuracy are measured")
     mlm_max_eval_chunks: int = _option(32, "held-out chunks per masked-LM evaluation length")
+    mlm_seed: int | None = _option(
+        None, "seed of the masked-LM adaptation; unset: seed. Set it to share one (cached) adaptation across seeds"
+    )
+    mlm_cache: bool = _option(
+        True,
+        "cache the masked-LM-adapted encoder under the package cache ($HF_POSENC_CACHE/adapted) by a hash of every "
+        "setting that affects it, and reuse it in later runs and seeds",
+    )
 
     positive_ints = TrainingSettings.positive_ints + (
         "max_length",
@@ -263,6 +299,13 @@ class RunConfig(TrainingSettings):
         name = self.encoding + (f"@{self.max_length}" if self.max_length else "")
         name += "".join(f" {k}={v}" for k, v in sorted(self.encoding_options.items()))
         name += (" +abs" if self.keep_absolute else "") + (f" +mlm{self.mlm_steps}" if self.mlm_steps else "")
+        if self.position_augmentation != "none":
+            name += f" +{self.position_augmentation}@{self.augmentation_target or max(self.eval_lengths)}"
+        if self.train_windows != "first":
+            name += f" +windows{self.windows_per_document if self.windows_per_document > 1 else ''}"
+        name += (" positions-only" if self.train_only == "positions" else "") + (
+            f" +lora{self.lora_r}" if self.lora_r else ""
+        )
         return name + (" chunked" if self.eval_mode == "chunked" else "")
 
 

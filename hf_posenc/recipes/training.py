@@ -205,6 +205,8 @@ def train_loop(accelerator, model, optimizer, scheduler, loader, settings: LoopS
     epoch = state["completed_steps"] // settings.steps_per_epoch
     while state["completed_steps"] < settings.total_steps:
         loader.set_epoch(epoch)
+        if hasattr(loader.dataset, "set_epoch"):  # per-epoch data (random training windows); Accelerate skips it
+            loader.dataset.set_epoch(epoch)  # when its sampler has set_epoch, as the seedable sampler does
         skip = (state["completed_steps"] - epoch * settings.steps_per_epoch) * accumulation
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         model.train()

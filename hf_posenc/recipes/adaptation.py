@@ -1,0 +1,174 @@
+"""Cheap adaptation to long inputs: cached masked-LM adaptation for the recipes, and the one-call `adapt`.
+
+Masked-LM training on running text with position augmentation (PoSE, Zhu et al. 2023, arXiv:2309.10400) teaches an
+encoder positions up to a target length while reading only short windows, before any task. It is the same for every
+task seed, so the recipes cache the adapted encoder under the package cache (`$HF_POSENC_CACHE/adapted/<hash>`), keyed
+by a hash of every setting that affects it (`adaptation_key`), and later runs reuse it. An entry is written into a
+temporary folder and renamed into place only when complete, with a manifest of its files' sizes and hashes that a
+reader checks; an incomplete or corrupted entry is recomputed.
+
+`adapt` is the same adaptation for any model and list of texts, outside the recipes' settings; `hf-posenc adapt`
+is its command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..hub.assets import cache_dir
+from ..version import __version__
+from .settings import RunConfig
+
+__all__ = [
+    "ADAPTATION_FIELDS",
+    "adaptation_key",
+    "cached_adaptation",
+    "file_digest",
+]
+
+ADAPTATION_FIELDS = (
+    "model",
+    "encoding",
+    "encoding_options",
+    "keep_absolute",
+    "max_length",
+    "mlm_steps",
+    "mlm_dataset",
+    "mlm_length",
+    "mlm_batch_size",
+    "mlm_learning_rate",
+    "mlm_probability",
+    "position_augmentation",
+    "train_only",
+    "lora_r",
+    "lora_alpha",
+    "data_seed",
+    "weight_decay",
+    "warmup_ratio",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
+    "mixed_precision",
+)
+"""The run settings that change the adapted encoder (besides the seed, the augmentation target and the files'
+contents, which `adaptation_key` adds). Evaluation lengths and task settings are not among them."""
+
+MANIFEST = "manifest.json"
+ENCODER_FILE = "encoder.safetensors"
+RESULTS_FILE = "mlm_results.json"
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_digest(folder: Path) -> str:
+    """A digest of a checkpoint folder's config and weights (what the adaptation starts from)."""
+    names = sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin") and p.is_file())
+    return hashlib.sha256("".join(f"{n}:{file_digest(folder / n)};" for n in names).encode()).hexdigest()
+
+
+def adaptation_key(run: RunConfig, checkpoint: str, seed: int, target_length: int | None) -> dict[str, Any]:
+    """Everything that determines the adapted encoder, as a JSON-able dict (its hash names the cache entry).
+
+    Args:
+        run: the run's settings (the `ADAPTATION_FIELDS`).
+        checkpoint: the resolved checkpoint (a local folder's config and weights are hashed; a Hub id is taken
+            by name).
+        seed: the adaptation's seed.
+        target_length: the augmentation target (None without augmentation).
+    """
+    settings = {name: getattr(run, name) for name in ADAPTATION_FIELDS}
+    folder = Path(checkpoint)
+    settings["checkpoint_digest"] = _folder_digest(folder) if folder.is_dir() else checkpoint
+    data = Path(run.mlm_dataset)
+    settings["data_digest"] = file_digest(data) if data.is_file() else run.mlm_dataset
+    return {**settings, "seed": seed, "augmentation_target": target_length, "hf_posenc": __version__}
+
+
+def _key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_entry(folder: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The entry's encoder state and MLM results, or None when it is missing or incomplete."""
+    from safetensors.torch import load_file
+
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        for name, (size, digest) in manifest["files"].items():
+            path = folder / name
+            if path.stat().st_size != size or file_digest(path) != digest:
+                return None
+        return load_file(folder / ENCODER_FILE), json.loads((folder / RESULTS_FILE).read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_entry(folder: Path, key: dict, state: dict[str, torch.Tensor], results: dict) -> None:
+    """Write the entry into a temporary sibling folder, then rename it into place (another writer may win)."""
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, staging / ENCODER_FILE)
+        (staging / RESULTS_FILE).write_text(json.dumps(results, default=str))
+        (staging / "settings.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+        files = {p.name: (p.stat().st_size, file_digest(p)) for p in sorted(staging.iterdir())}
+        (staging / MANIFEST).write_text(json.dumps({"files": files}))  # written last: marks the entry complete
+        if folder.exists():  # an incomplete entry left by a killed writer
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except OSError:
+        if folder.exists() and _read_entry(folder) is not None:
+            return  # another process wrote the same entry first
+        raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def cached_adaptation(
+    key: dict[str, Any],
+    compute: Callable[[], tuple[dict[str, torch.Tensor], dict]],
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The adapted encoder's state and MLM results for `key`: read from the cache when a complete entry exists
+    (printing "reusing adapted checkpoint <hash>"), else computed with `compute` and stored.
+
+    The MLM results get `cache` = {"hash", "reused", "folder"}.
+    """
+    digest = _key_hash(key)
+    folder = cache_dir() / "adapted" / digest
+    found = _read_entry(folder)
+    if found is not None:
+        log(f"reusing adapted checkpoint {digest} ({folder})")
+        state, results = found
+        return state, {**results, "cache": {"hash": digest, "reused": True, "folder": str(folder)}}
+    state, results = compute()
+    _write_entry(folder, key, state, results)
+    return state, {**results, "cache": {"hash": digest, "reused": False, "folder": str(folder)}}
+
+
+def untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies of a state dict's tensors with no shared storage (safetensors refuses shared tensors)."""
+    return {k: v.detach().clone().cpu() for k, v in state.items()}
+
+
+def module_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
