@@ -17,16 +17,20 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .blockwise import blockwise_attention, merge_bias_mask
-from .encodings import AttentionTerms, PositionContext, Positions
+from .encodings import AttentionOptions, AttentionTerms, PositionContext, Positions
 
 BACKEND = "posenc"
+POSITION_KWARGS = ("position_ids", "decoder_position_ids")
+"""Keyword arguments that carry position ids through a model's layers; the backend drops them (it reads the stack's
+context) before calling SDPA."""
 ATTACHED_ATTRIBUTE = "_posenc"
 """Where a self-attention module carries its `(encoding, context)`: in `__dict__`, not a registered submodule, so a
 shared encoding is not registered (and saved) once per layer."""
 
 
 def attach(module: torch.nn.Module, encoding, context: PositionContext) -> None:
-    """Attach a relative encoding and its stack's context to a self-attention module, for the backend to apply."""
+    """Attach a relative encoding (or None: attention options only) and its stack's context to a self-attention
+    module, for the backend to apply."""
     module.__dict__[ATTACHED_ATTRIBUTE] = (encoding, context)
 
 
@@ -50,14 +54,22 @@ def posenc_attention_forward(
     is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Attention with the module's position encoding applied; same signature and output as SDPA's."""
+    """Attention with the module's position encoding and attention options applied; same signature and output as
+    SDPA's. In a patched model position ids come from the stack's context (`hf_posenc.state.ExplicitPositions`), not
+    from `kwargs`: BART hands one stack's ids to both of its stacks. A context that no model routes ids into (a bare
+    attention call) takes `position_ids` from `kwargs`."""
+    given = [kwargs.pop(name, None) for name in POSITION_KWARGS][0]
     state = attached(module)
     if state is None:  # cross-attention: position-free by design
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
     encoding, context = state
-    positions = _positions(query, key, kwargs.pop("position_ids", None), context)
-    terms = encoding.attend(query, key, positions, context)
+    positions = _positions(query, key, context.position_ids if context.routed else given, context)
+    terms = AttentionTerms(query, key) if encoding is None else encoding.attend(query, key, positions, context)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    scaling = _scaling(context.options, query, key, scaling)
+    if context.options.window is not None and context.options.window // 2 < key.shape[2] - 1:
+        attention_mask = _local_mask(context, attention_mask, query.shape[2], key.shape[2], causal, query.device)
+        causal = False  # folded into the local mask
     if terms.rows is not None and (terms.bias is None or _differentiated(terms, value)):
         scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
         dropout = dropout if module.training else 0.0
@@ -73,6 +85,37 @@ def posenc_attention_forward(
     )
 
 
+def _scaling(options: AttentionOptions, query: torch.Tensor, key: torch.Tensor, scaling: float | None):
+    """The model's scaling, sharpened for keys past the reference length (exactly unchanged otherwise)."""
+    factor = options.scale_factor(key.shape[2])
+    if factor == 1.0:
+        return scaling
+    return (query.shape[-1] ** -0.5 if scaling is None else scaling) * factor
+
+
+def _local_mask(context: PositionContext, attention_mask, q_len: int, k_len: int, causal: bool, device):
+    """The padding / causal mask restricted to the local + global pattern (called only when the window does not
+    cover every key: then attention is full, and exactly as without a window), as one boolean mask built once per
+    forward and shared by the layers (never a float (Q, K) tensor: SDPA takes the boolean mask on its fused path)."""
+
+    def compute() -> torch.Tensor:
+        allowed = context.options.band(q_len, k_len, device)
+        if causal and q_len > 1:
+            allowed = allowed & _causal_mask(q_len, k_len, device)
+        if attention_mask is None:
+            return allowed
+        if attention_mask.dtype != torch.bool:
+            return attention_mask.masked_fill(~allowed, torch.finfo(attention_mask.dtype).min)
+        allowed = attention_mask & allowed
+        # A padded query may find no key in its window: let it see itself (its output is ignored), or softmax gives
+        # NaN, which would leak through the next layer's masked keys (0 * NaN).
+        itself = torch.arange(k_len, device=device) == torch.arange(k_len - q_len, k_len, device=device).unsqueeze(-1)
+        return allowed | (itself & ~allowed.any(-1, keepdim=True))
+
+    key = ("local", q_len, k_len, causal, None if attention_mask is None else id(attention_mask))
+    return context.memo(key, compute)
+
+
 def _positions(query: torch.Tensor, key: torch.Tensor, position_ids, context: PositionContext) -> Positions:
     """Default positions (keys 0..K-1, queries the last Q of them) unless the caller passed `position_ids`."""
     q_len, k_len = query.shape[2], key.shape[2]
@@ -81,6 +124,7 @@ def _positions(query: torch.Tensor, key: torch.Tensor, position_ids, context: Po
         if position_ids is None:
             return Positions.default(q_len, k_len, query.device)
         ids = position_ids[0] if position_ids.shape[0] == 1 else position_ids
+        ids = ids.to(query.device)
         if ids.shape[-1] == k_len:
             return Positions(query=ids[..., k_len - q_len :], key=ids)
         return Positions(query=ids, key=torch.arange(k_len, device=query.device))

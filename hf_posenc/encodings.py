@@ -104,15 +104,72 @@ class Positions:
         return self.query.unsqueeze(-1) - self.key.unsqueeze(-2)
 
 
+@dataclass(frozen=True)
+class AttentionOptions:
+    """How a patched stack attends, beside its position encoding (validated by `hf_posenc.patching`).
+
+    Attributes:
+        scale: None, or "log": for a key length `K` above `scale_length` the scores `q.k` are sharpened by
+            `log(K) / log(scale_length)` (the attention temperature of YaRN, Peng et al. 2023, arXiv:2309.00071;
+            LongEmbed appendix B, Zhu et al. 2024, arXiv:2404.12096; Chiang & Cholak 2022, arXiv:2202.12172).
+            At or below `scale_length` nothing changes.
+        scale_length: the reference length (the trained length).
+        window: None (full attention), or local attention: token `i` attends to token `j` when `|i - j| <= window // 2`
+            (token indices, not position ids; Longformer, Beltagy et al. 2020, arXiv:2004.05150).
+        global_tokens: with a window, the token indices that attend to, and are attended by, every token.
+        global_stride: with a window, every `global_stride`-th token (index 0, N, 2N, ...) is global too; None: none.
+    """
+
+    scale: str | None = None
+    scale_length: int | None = None
+    window: int | None = None
+    global_tokens: tuple[int, ...] = (0,)
+    global_stride: int | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the stack needs the posenc backend for these options."""
+        return self.scale is not None or self.window is not None
+
+    def scale_factor(self, key_length: int) -> float:
+        """The factor on `q.k` for `key_length` keys: 1.0 at or below the reference length."""
+        if self.scale is None or key_length <= self.scale_length:
+            return 1.0
+        return math.log(key_length) / math.log(self.scale_length)
+
+    def global_index(self, index: torch.Tensor) -> torch.Tensor:
+        """Which token indices (a long tensor) are global."""
+        tokens = torch.tensor(self.global_tokens, dtype=index.dtype, device=index.device)
+        is_global = (index.unsqueeze(-1) == tokens).any(-1)
+        return is_global | (index % self.global_stride == 0) if self.global_stride else is_global
+
+    def band(self, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+        """The (Q, K) boolean local + global pattern; queries are the last `q_len` of the `k_len` tokens."""
+        keys = torch.arange(k_len, device=device)
+        queries = keys[k_len - q_len :]
+        near = (queries.unsqueeze(-1) - keys).abs() <= self.window // 2
+        return near | self.global_index(queries).unsqueeze(-1) | self.global_index(keys)
+
+
+ATTENTION_KEYS = ("attention_scale", "attention_scale_length", "attention_window", "global_tokens", "global_stride")
+"""The `patch_model` arguments that set a stack's `AttentionOptions` (also accepted in a per-stack request dict)."""
+
+
 class PositionContext:
     """Per-stack memo of tables that every layer of one forward pass can share (biases, cos/sin, indices).
 
     A forward pre-hook on the stack calls `clear()`, so tables are computed once per forward, not once per layer, and
-    never outlive the autograd graph they belong to.
+    never outlive the autograd graph they belong to. `position_ids` holds the logical positions a caller passed to
+    the model for this stack in this forward (`hf_posenc.state.ExplicitPositions` requests them, the stack's hook
+    takes them), else None; `options` the stack's attention options.
     """
 
-    def __init__(self, causal: bool) -> None:
+    def __init__(self, causal: bool, options: AttentionOptions | None = None) -> None:
         self.causal = causal
+        self.options = options if options is not None else AttentionOptions()
+        self.position_ids: torch.Tensor | None = None
+        self.requested: torch.Tensor | None = None  # set by the model's hook, taken by the stack's
+        self.routed = False  # whether a model hook routes position ids here (else the backend reads its kwargs)
         self.cache: dict[Hashable, Any] = {}
         # Under gradient checkpointing a layer's forward is replayed in backward; a learned table shared through
         # this memo would be computed in layer 0's replay region and reused elsewhere, which breaks the replay's
@@ -807,6 +864,7 @@ class EncodingSpec:
     encoding: str
     options: dict[str, Any] = field(default_factory=dict)
     keep_absolute: bool = False
+    attention: dict[str, Any] = field(default_factory=dict)  # raw attention options (ATTENTION_KEYS), unvalidated
 
     def __post_init__(self) -> None:
         check_bool(self.encoding, "keep_absolute", self.keep_absolute)

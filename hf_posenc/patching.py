@@ -24,7 +24,9 @@ from .architectures import (
 )
 from .attention import BACKEND, attach
 from .encodings import (
+    ATTENTION_KEYS,
     ENCODINGS,
+    AttentionOptions,
     EncodingSpec,
     PositionContext,
     PositionEncoding,
@@ -36,10 +38,12 @@ from .encodings import (
 from .extension import apply_length_plan, plan_for_patch
 from .record import PatchRecord, StackRecord, read_record, write_record
 from .state import (
+    ExplicitPositions,
     GrowBuffers,
     PositionTable,
     StackHook,
     StackPlan,
+    TablePositions,
     current_table,
     own_config,
     release_config,
@@ -53,7 +57,7 @@ from .state import (
 
 
 def _stack_requests(
-    model: nn.Module, encoding, encoder, decoder, options: dict, keep_absolute: bool
+    model: nn.Module, encoding, encoder, decoder, options: dict, keep_absolute: bool, attention: dict
 ) -> dict[str, EncodingSpec]:
     """Turn the arguments of `patch_model` into one `EncodingSpec` per requested stack.
 
@@ -72,7 +76,7 @@ def _stack_requests(
         value = per_stack[name] if per_stack[name] is not None else encoding
         if value is None:
             continue  # this stack keeps its current encoding
-        requests[name] = _parse_request(value, options, keep_absolute)
+        requests[name] = _parse_request(value, options, keep_absolute, attention)
         if isinstance(value, str):
             named.append(name)
     if options and not named:
@@ -85,19 +89,23 @@ def _stack_requests(
     return requests
 
 
-def _parse_request(value, options: dict, keep_absolute: bool) -> EncodingSpec:
-    """A stack request is a name (with the call's options), a dict `{"encoding": name, **options}` or a spec."""
+def _parse_request(value, options: dict, keep_absolute: bool, attention: dict) -> EncodingSpec:
+    """A stack request is a name (with the call's options), a dict `{"encoding": name, **options}` or a spec. The
+    call's attention options apply to every stack; a dict's own (`attention_window`, ...) override them."""
     if isinstance(value, EncodingSpec):
-        return EncodingSpec(canonical_name(value.encoding), dict(value.options), value.keep_absolute)
+        return EncodingSpec(
+            canonical_name(value.encoding), dict(value.options), value.keep_absolute, {**attention, **value.attention}
+        )
     if isinstance(value, dict):
         value = dict(value)
         if "encoding" not in value:
             raise ValueError(f"A per-stack request needs an 'encoding' key, got keys {sorted(value)}.")
         name, keep = value.pop("encoding"), value.pop("keep_absolute", keep_absolute)
-        return EncodingSpec(canonical_name(name), value, keep)
+        own = {k: value.pop(k) for k in ATTENTION_KEYS if k in value}
+        return EncodingSpec(canonical_name(name), value, keep, {**attention, **own})
     if not isinstance(value, str):
         raise TypeError(f"An encoding request must be a name or a dict, got {type(value).__name__}.")
-    return EncodingSpec(canonical_name(value), dict(options), keep_absolute)
+    return EncodingSpec(canonical_name(value), dict(options), keep_absolute, dict(attention))
 
 
 def _check_options(spec: EncodingSpec, stack: str, from_call: bool) -> None:
@@ -167,14 +175,88 @@ def _build_encodings(spec: EncodingSpec, dims: StackDims, layers: int) -> list[P
     return [first] + [build_encoding(spec.encoding, dims, spec.options) for _ in range(layers - 1)]
 
 
+def _limits(model: nn.Module, stack: StackSpec, table: nn.Module | None, max_length) -> tuple[int, int]:
+    """(trained length, input cap) of a stack: the learned table's length (else the config's limit), and the new
+    `max_length` when one is given (validated later by `hf_posenc.extension`), else the config's limit."""
+    config_limit = stack.config_limit(model.config)
+    trained = stack.table_limit(table, model.config) if isinstance(table, nn.Embedding) else config_limit
+    cap = max_length if isinstance(max_length, int) and not isinstance(max_length, bool) else config_limit
+    return trained, max(cap, config_limit)
+
+
+def _check_positive_int(name: str, value: Any, low: int, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {low}, got {value!r} of type {type(value).__name__}. {fix}")
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}. {fix}")
+    return value
+
+
+def attention_options(request: dict[str, Any], stack: str, trained_length: int, cap: int) -> AttentionOptions:
+    """Validate a stack's attention options (`patch_model`'s `attention_scale`, `attention_scale_length`,
+    `attention_window`, `global_tokens`, `global_stride`) into `AttentionOptions`; nothing is changed on error.
+
+    Args:
+        request: the raw options (keys of `ATTENTION_KEYS`; absent ones take their defaults).
+        stack: the stack's name, for messages.
+        trained_length: the default reference length of `attention_scale` (the original table's size).
+        cap: the stack's input limit, the largest valid `attention_window`.
+    """
+    unknown = sorted(set(request) - set(ATTENTION_KEYS))
+    if unknown:
+        raise TypeError(f"Unknown attention option(s) {unknown}; valid: {list(ATTENTION_KEYS)}.")
+    where = f"(on the {stack})"
+    scale, length = request.get("attention_scale"), request.get("attention_scale_length")
+    if scale not in (None, "log") or isinstance(scale, bool):
+        raise ValueError(f"attention_scale must be None or 'log', got {scale!r} {where}.")
+    if scale is None and length is not None:
+        raise ValueError(f"attention_scale_length={length!r} needs attention_scale='log' {where}.")
+    if scale is not None:
+        fix = "It is the trained length, past which scores are sharpened by log(L) / log(reference)."
+        length = _check_positive_int(
+            "attention_scale_length", length if length is not None else trained_length, 2, fix
+        )
+    window = request.get("attention_window")
+    tokens, stride = request.get("global_tokens", (0,)), request.get("global_stride")
+    if window is None and (tuple(tokens or ()) != (0,) or stride is not None):
+        raise ValueError(f"global_tokens / global_stride apply to local attention: pass attention_window too {where}.")
+    if window is None:
+        return AttentionOptions(scale, length)
+    window = _check_positive_int("attention_window", window, 1, "Each token sees window // 2 tokens each side.")
+    if window > cap:
+        raise ValueError(
+            f"attention_window={window} is larger than the input limit {cap} {where}: the window would cover every "
+            f"input, i.e. full attention. Use a window <= {cap}, or omit attention_window."
+        )
+    if not isinstance(tokens, list | tuple) or any(
+        isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tokens
+    ):
+        raise ValueError(f"global_tokens must be a tuple of token indices >= 0 (e.g. (0,) for CLS), got {tokens!r}.")
+    if stride is not None:
+        _check_positive_int("global_stride", stride, 1, "Every global_stride-th token is global; None: none.")
+    return AttentionOptions(scale, length, window, tuple(sorted(set(tokens))), stride)
+
+
 def plan_patch(
-    model: nn.Module, encoding=None, *, encoder=None, decoder=None, keep_absolute: bool = False, **options: Any
+    model: nn.Module,
+    encoding=None,
+    *,
+    encoder=None,
+    decoder=None,
+    keep_absolute: bool = False,
+    max_length: int | None = None,
+    attention: dict[str, Any] | None = None,
+    **options: Any,
 ) -> list[StackPlan]:
-    """Parse and validate a patch request and build its modules, without touching `model`."""
+    """Parse and validate a patch request and build its modules, without touching `model`.
+
+    `attention` holds `patch_model`'s attention options (`ATTENTION_KEYS`) for every requested stack; `max_length`
+    the new input limit, which caps `attention_window`.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch_model expects a transformers model, got {type(model).__name__}.")
     arch = architecture_for(model)
-    requests = _stack_requests(model, encoding, encoder, decoder, options, keep_absolute)
+    requests = _stack_requests(model, encoding, encoder, decoder, options, keep_absolute, dict(attention or {}))
     plans = []
     for stack in arch.stacks:
         if stack.name not in requests:
@@ -185,7 +267,10 @@ def plan_patch(
         dims = _stack_dims(model, stack, attention)
         _validate(spec, stack, dims, table)
         _resolve_auto_options(spec, table)
-        plans.append(StackPlan(stack, spec, dims, attention, _build_encodings(spec, dims, len(attention))))
+        limits = _limits(model, stack, table, max_length)
+        plan = StackPlan(stack, spec, dims, attention, _build_encodings(spec, dims, len(attention)))
+        plan.options = attention_options(spec.attention, stack.name, *limits)
+        plans.append(plan)
     return plans
 
 
@@ -212,7 +297,7 @@ def _install_table(model: nn.Module, plan: StackPlan) -> None:
 def _install_attention(model: nn.Module, plan: StackPlan) -> None:
     """Attach the relative encoding to every self-attention module of the stack, and the per-forward hook."""
     stack_module = model.base_model.get_submodule(plan.stack.module)
-    context = PositionContext(plan.dims.causal)
+    context = PositionContext(plan.dims.causal, plan.options)
     relative, per_layer = plan.spec.cls.kind == "relative", plan.spec.cls.per_layer
     device, dtype = _device_dtype(plan.attention[0])
     encodings = [e.to(device=device, dtype=dtype if e.learned else None) for e in plan.encodings]
@@ -224,7 +309,28 @@ def _install_attention(model: nn.Module, plan: StackPlan) -> None:
             if per_layer:
                 module.posenc = encoding
             attach(module, encoding, context)
-    remember_hook(stack_module, stack_module.register_forward_pre_hook(StackHook(model.config, context, relative)))
+        elif plan.options.active:
+            attach(module, None, context)
+    needs_backend = relative or plan.options.active
+    remember_hook(
+        stack_module, stack_module.register_forward_pre_hook(StackHook(model.config, context, needs_backend))
+    )
+    _install_explicit_positions(model, plan, context, stack_module)
+
+
+def _install_explicit_positions(model: nn.Module, plan: StackPlan, context: PositionContext, stack_module) -> None:
+    """Route the position ids a caller passes to the model into the stack (see `ExplicitPositions`)."""
+    base, stack = model.base_model, plan.stack
+    has_encoder = any(s.name == "encoder" for s in present_stacks(model))
+    argument = "decoder_position_ids" if stack.name == "decoder" and has_encoder else "position_ids"
+    embeddings = base.get_submodule(stack.embeddings) if stack.embeddings else None
+    hook = ExplicitPositions(context, stack, argument, embeddings)
+    context.routed = True
+    remember_hook(stack_module, base.register_forward_pre_hook(hook, with_kwargs=True))
+    if stack.table_call == "bart":
+        table, positions = get_submodule(base, stack.table), TablePositions(context)
+        remember_hook(stack_module, table.register_forward_pre_hook(positions, with_kwargs=True, prepend=True))
+        remember_hook(stack_module, table.register_forward_hook(positions.squeeze))
 
 
 def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -242,7 +348,9 @@ def _record(model: nn.Module, plans: list[StackPlan]) -> None:
     stacks = {}
     for plan in plans:
         options = plan.encodings[0].options() if plan.encodings else dict(plan.spec.options)
-        stacks[plan.stack.name] = StackRecord(plan.spec.encoding, options, plan.spec.keep_absolute)
+        stacks[plan.stack.name] = StackRecord(plan.spec.encoding, options, plan.spec.keep_absolute).with_attention(
+            plan.options
+        )
     write_record(model.config, PatchRecord(stacks))
 
 
@@ -256,6 +364,11 @@ def patch_model(
     replace: bool = False,
     max_length: int | None = None,
     tokenizer: Any = None,
+    attention_scale: str | None = None,
+    attention_scale_length: int | None = None,
+    attention_window: int | None = None,
+    global_tokens: tuple[int, ...] = (0,),
+    global_stride: int | None = None,
     **options: Any,
 ) -> nn.Module:
     """Swap the position encoding of a BERT- or BART-family model in place.
@@ -273,6 +386,15 @@ def patch_model(
             into the trained rows; other encodings have no table and only update the limits (config, buffers,
             tokenizer, `config.posenc`).
         tokenizer: with `max_length`, the model's tokenizer, whose `model_max_length` is set to it.
+        attention_scale: None, or "log": for `L` keys past `attention_scale_length`, scores are sharpened by
+            `log(L) / log(attention_scale_length)` (YaRN's attention temperature, arXiv:2309.00071; LongEmbed
+            appendix B). Exactly nothing changes at or below the reference. Any encoding (`learned` too: the model
+            then runs in the posenc backend).
+        attention_scale_length: the reference (trained) length; defaults to the original table's size.
+        attention_window: local attention (Longformer, Beltagy et al. 2020): token `i` attends to token `j` only when
+            `|i - j| <= attention_window // 2`, or when either is global; at most the input limit.
+        global_tokens: with `attention_window`, token indices that attend to and are attended by all (CLS: `(0,)`).
+        global_stride: with `attention_window`, every `global_stride`-th token is global too.
         **options: the encoding's options (its keyword-only constructor arguments), e.g. `base=10000` for rope.
 
     Returns:
@@ -280,7 +402,8 @@ def patch_model(
 
     Raises:
         ValueError: unknown encoding or model type, out-of-range option, `none` on an encoder, an already patched
-            model without `replace=True`.
+            model without `replace=True`, a bad attention option (unknown `attention_scale`, a window outside
+            `[1, input limit]`, global tokens without a window).
         TypeError: an option the encoding does not have.
     """
     previous = read_record(getattr(model, "config", None))
@@ -289,7 +412,25 @@ def patch_model(
             f"This model is already patched ({previous.to_dict()['stacks']}). Pass replace=True to replace the "
             "patch, or call hf_posenc.unpatch_model(model) first."
         )
-    plans = plan_patch(model, encoding, encoder=encoder, decoder=decoder, keep_absolute=keep_absolute, **options)
+    given = dict(
+        attention_scale=attention_scale,
+        attention_scale_length=attention_scale_length,
+        attention_window=attention_window,
+        global_stride=global_stride,
+    )
+    attention = {k: v for k, v in given.items() if v is not None}
+    if global_tokens != (0,):
+        attention["global_tokens"] = global_tokens
+    plans = plan_patch(
+        model,
+        encoding,
+        encoder=encoder,
+        decoder=decoder,
+        keep_absolute=keep_absolute,
+        max_length=max_length,
+        attention=attention,
+        **options,
+    )
     length_plan = plan_for_patch(model, plans, max_length, tokenizer)
     # Validated: from here on the model changes.
     if previous is not None:
@@ -301,7 +442,7 @@ def patch_model(
     _record(model, plans)
     if length_plan is not None:
         apply_length_plan(model, length_plan)
-    if any(plan.spec.cls.kind == "relative" for plan in plans):
+    if any(plan.spec.cls.kind == "relative" or plan.options.active for plan in plans):
         model.set_attn_implementation(BACKEND)
     return model
 

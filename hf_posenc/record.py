@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .encodings import ENCODINGS, option_defaults
+from .encodings import ENCODINGS, AttentionOptions, option_defaults
 from .version import __version__
 
 CONFIG_KEY = "posenc"
@@ -47,6 +47,9 @@ class StackRecord:
         keep_absolute: whether the learned absolute table was kept beside a relative encoding.
         max_length: the input limit a length change recorded, or None.
         table_init: how the new rows of a hybrid's kept table were filled (`extend_positions`), or None.
+        attention_scale, attention_scale_length, attention_window, global_tokens, global_stride: the stack's
+            attention options (`hf_posenc.encodings.AttentionOptions`); written only when set, so records without
+            them (hf_posenc 0.1.0) load as full, unscaled attention.
     """
 
     encoding: str
@@ -54,6 +57,33 @@ class StackRecord:
     keep_absolute: bool = False
     max_length: int | None = None
     table_init: str | None = None
+    attention_scale: str | None = None
+    attention_scale_length: int | None = None
+    attention_window: int | None = None
+    global_tokens: tuple[int, ...] = (0,)
+    global_stride: int | None = None
+
+    def with_attention(self, options: AttentionOptions) -> StackRecord:
+        """This record with the attention options of a patch."""
+        return replace(
+            self,
+            attention_scale=options.scale,
+            attention_scale_length=options.scale_length,
+            attention_window=options.window,
+            global_tokens=tuple(options.global_tokens),
+            global_stride=options.global_stride,
+        )
+
+    def attention_request(self) -> dict[str, Any]:
+        """The recorded attention options as `patch_model` arguments (only those that are set)."""
+        request = {}
+        if self.attention_scale is not None:
+            request.update(attention_scale=self.attention_scale, attention_scale_length=self.attention_scale_length)
+        if self.attention_window is not None:
+            request.update(attention_window=self.attention_window, global_tokens=tuple(self.global_tokens))
+            if self.global_stride is not None:
+                request["global_stride"] = self.global_stride
+        return request
 
     @property
     def cls(self) -> type:
@@ -79,7 +109,10 @@ class StackRecord:
             entry["table_init"] = self.table_init
         if self.max_length is not None:
             entry["max_length"] = self.max_length
-        return entry
+        request = self.attention_request()
+        if "global_tokens" in request:
+            request["global_tokens"] = list(request["global_tokens"])  # JSON has no tuples
+        return {**entry, **request}
 
     @classmethod
     def from_dict(cls, entry: Any, where: str) -> StackRecord:
@@ -102,6 +135,11 @@ class StackRecord:
             bool(entry.get("keep_absolute", False)),
             entry.get("max_length"),
             entry.get("table_init"),
+            entry.get("attention_scale"),
+            entry.get("attention_scale_length"),
+            entry.get("attention_window"),
+            tuple(entry.get("global_tokens", (0,))),
+            entry.get("global_stride"),
         )
 
 

@@ -10,6 +10,7 @@ finds it again. Nothing here validates a request: `hf_posenc.patching` does that
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 from .architectures import StackSpec, architecture_for, get_submodule, present_stacks, set_submodule
 from .attention import BACKEND, detach
 from .config_form import patched_config_class, unpatched_config_class
-from .encodings import EncodingSpec, PositionContext, PositionEncoding, SinusoidalAbsolute, StackDims
+from .encodings import AttentionOptions, EncodingSpec, PositionContext, PositionEncoding, SinusoidalAbsolute, StackDims
 from .record import read_record, write_record
 
 HOOKS_ATTRIBUTE = "_posenc_hooks"
@@ -108,6 +109,55 @@ class StackHook:
             )
         self.context.clear()
         self.context.share_learned = not (module.training and _checkpointing(module))
+        # The ids the model was called with reach this stack's forward only; a stack called directly (BART's
+        # `generate` runs the encoder on its own) gets its default positions. They stay set after the forward, so
+        # that gradient checkpointing replays the layers with them.
+        self.context.position_ids, self.context.requested = self.context.requested, None
+
+
+class ExplicitPositions:
+    """Forward pre-hook (with kwargs) on the base model: hands the position ids a caller passed to the model to one
+    patched stack, as logical positions (from 0), through the stack's `PositionContext`.
+
+    The encoder takes `position_ids`; a decoder takes `decoder_position_ids`, or `position_ids` when the model has no
+    encoder (`BartForCausalLM`). Row ids (RoBERTa's, offset by `padding_idx + 1`) are turned into positions. The
+    attention backend and BART's tables read them from the context: transformers' BART neither accepts position ids
+    for its encoder nor passes BERT's to attention per stack.
+    """
+
+    def __init__(self, context: PositionContext, stack: StackSpec, argument: str, embeddings: nn.Module | None):
+        self.context, self.stack, self.argument, self.embeddings = context, stack, argument, embeddings
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get(self.argument)
+        if ids is None and args:  # passed positionally
+            names = [n for n in inspect.signature(module.forward).parameters if n not in ("args", "kwargs")]
+            if self.argument in names and names.index(self.argument) < len(args):
+                ids = args[names.index(self.argument)]
+        if ids is not None and self.stack.table_call == "position_ids":
+            offset = self.stack.offset(module.config)
+            if self.embeddings is not None:  # BERT gathers token_type_ids by row id: the buffers must reach them
+                ensure_buffers(self.embeddings, int(ids.max()) + 1)
+            ids = ids - offset
+        self.context.requested = ids
+
+
+class TablePositions:
+    """Forward pre- and post-hook of a BART-style table (learned or `PositionTable`): it computes its positions
+    itself, so the hook hands it the stack's explicit positions. transformers' `BartLearnedPositionalEmbedding`
+    unsqueezes explicit ids to one batch row (it only ever gets 1-D ones); per-row ids give a (1, B, L, D) output,
+    which the post-hook returns as (B, L, D)."""
+
+    def __init__(self, context: PositionContext) -> None:
+        self.context = context
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
+        if self.context.position_ids is None:
+            return None
+        return args, {**kwargs, "position_ids": self.context.position_ids}
+
+    def squeeze(self, module: nn.Module, args: tuple, output: torch.Tensor):
+        return output.squeeze(0) if output.dim() == 4 else None
 
 
 def _checkpointing(stack_module: nn.Module) -> bool:
@@ -156,6 +206,7 @@ class StackPlan:
     dims: StackDims
     attention: list[nn.Module]
     encodings: list[PositionEncoding] = field(default_factory=list)  # one per layer, or one shared
+    options: AttentionOptions = field(default_factory=AttentionOptions)
 
 
 def remember_hook(module: nn.Module, handle: Any) -> None:
@@ -227,11 +278,13 @@ def _remove_from_stack(base: nn.Module, stack: StackSpec) -> None:
 
 
 __all__ = [
+    "ExplicitPositions",
     "GrowBuffers",
     "PositionMap",
     "PositionTable",
     "StackHook",
     "StackPlan",
+    "TablePositions",
     "current_table",
     "ensure_buffers",
     "grow_length_buffers",

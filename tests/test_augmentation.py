@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hf_posenc import ENCODINGS, patch_model
 from hf_posenc.augmentation import METHODS, PositionAugmentation, sample_position_ids
-from tests.tiny_models import tiny_model
+from tests.tiny_models import tiny_model, token_ids
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -153,3 +154,145 @@ def test_augmentation_imports_only_torch_and_the_bottom_layers():
     graph = grimp.build_graph("hf_posenc")
     imported = {m for m in graph.find_modules_directly_imported_by("hf_posenc.augmentation") if "hf_posenc" in m}
     assert imported <= {"hf_posenc.architectures", "hf_posenc.record", "hf_posenc.option_checks"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Explicit position ids reach every encoding, in BERT and in both BART stacks
+# ---------------------------------------------------------------------------------------------------------------------
+
+SHORT, TARGET = 12, 48  # the tiny models have 64 trained positions, so the long reference runs without extension
+ENCODER_ENCODINGS = [e for e in sorted(ENCODINGS) if e != "none"]  # 'none' is refused on an encoder
+
+
+def _patched(model_type: str, encoding: str, keep_absolute: bool = False) -> torch.nn.Module:
+    model = tiny_model(model_type)
+    if model_type == "bart" and encoding == "none":
+        patch_model(model, encoder="alibi", decoder="none")
+    else:
+        patch_model(model, encoding, keep_absolute=keep_absolute)
+    with torch.no_grad():  # relative terms start at zero for some encodings: make positions matter
+        generator = _generator(1)
+        for name, parameter in model.named_parameters():
+            if "posenc" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
+def _placed(ids: torch.Tensor, positions: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ids` put at `positions` of a `length`-token sequence of filler tokens, and the mask that keeps only them."""
+    long = torch.full((ids.shape[0], length), 50, dtype=torch.long).scatter(1, positions, ids)
+    mask = torch.zeros(ids.shape[0], length, dtype=torch.long).scatter(1, positions, 1)
+    return long, mask
+
+
+def _outputs_short_and_long(model, model_type: str, positions: torch.Tensor, decoder_positions: torch.Tensor):
+    ids, decoder_ids = token_ids(2, SHORT, seed=3), token_ids(2, SHORT, seed=4)
+    long, mask = _placed(ids, positions, TARGET)
+    with torch.no_grad():
+        if model_type != "bart":
+            short = model(input_ids=ids, position_ids=positions).last_hidden_state
+            full = model(input_ids=long, attention_mask=mask).last_hidden_state
+            return [(short, full.gather(1, positions.unsqueeze(-1).expand_as(short)))]
+        long_decoder, decoder_mask = _placed(decoder_ids, decoder_positions, TARGET)
+        short = model(
+            input_ids=ids,
+            decoder_input_ids=decoder_ids,
+            position_ids=positions,
+            decoder_position_ids=decoder_positions,
+        )
+        full = model(
+            input_ids=long, attention_mask=mask, decoder_input_ids=long_decoder, decoder_attention_mask=decoder_mask
+        )
+
+    def at(x, p):
+        return x.gather(1, p.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+    return [
+        (short.encoder_last_hidden_state, at(full.encoder_last_hidden_state, positions)),
+        (short.last_hidden_state, at(full.last_hidden_state, decoder_positions)),
+    ]
+
+
+CASES = [("bert", e, False) for e in ENCODER_ENCODINGS] + [("bart", e, False) for e in sorted(ENCODINGS)]
+CASES += [("bert", "rope", True), ("bart", "t5", True)]  # hybrids keep the learned table beside the relative terms
+
+
+@pytest.mark.parametrize("model_type, encoding, keep_absolute", CASES)
+def test_augmented_ids_equal_the_tokens_placed_in_a_long_masked_sequence(model_type, encoding, keep_absolute):
+    model = _patched(model_type, encoding, keep_absolute)
+    positions = sample_position_ids(2, SHORT, target_length=TARGET, num_chunks=3, generator=_generator(7))
+    decoder_positions = sample_position_ids(
+        2, SHORT, target_length=TARGET, method="randomized", generator=_generator(8)
+    )
+    pairs = _outputs_short_and_long(model, model_type, positions, decoder_positions)
+    for short, full in pairs:
+        torch.testing.assert_close(short, full, atol=1e-5, rtol=0)
+    # Control: the default positions 0..SHORT-1 give other outputs, so the ids did make the difference.
+    default = torch.arange(SHORT).expand(2, -1)
+    other = _outputs_short_and_long(model, model_type, default, decoder_positions)
+    assert not torch.allclose(pairs[0][0], other[0][0], atol=1e-4)
+    if model_type == "bart":  # the decoder's own ids (its encoder fixed); 'none' has no positions to change
+        other = _outputs_short_and_long(model, model_type, positions, default)
+        assert torch.allclose(pairs[1][0], other[1][0], atol=1e-4) == (encoding == "none")
+
+
+def test_decoder_positions_stay_causal():
+    model = _patched("bart", "rope")
+    ids, decoder_ids = token_ids(1, SHORT, seed=3), token_ids(1, SHORT, seed=4)
+    positions = sample_position_ids(1, SHORT, target_length=TARGET, generator=_generator(2))
+    changed = decoder_ids.clone()
+    changed[0, -1] = 7
+    with torch.no_grad():
+        outputs = [
+            model(input_ids=ids, decoder_input_ids=d, decoder_position_ids=positions).last_hidden_state
+            for d in (decoder_ids, changed)
+        ]
+    torch.testing.assert_close(outputs[0][:, :-1], outputs[1][:, :-1], atol=0, rtol=0)  # earlier tokens unaffected
+
+
+def test_roberta_takes_row_ids_and_the_collator_offsets_them():
+    model = _patched("roberta", "alibi")
+    collate = PositionAugmentation.for_model(model, TARGET, seed=0)
+    batch = collate([{"input_ids": token_ids(1, SHORT, seed=s)[0].tolist()} for s in range(2)])
+    positions = batch["position_ids"] - 2  # logical
+    long, mask = _placed(batch["input_ids"], positions, TARGET)
+    with torch.no_grad():
+        short = model(**batch).last_hidden_state
+        full = model(input_ids=long, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(short, full.gather(1, positions.unsqueeze(-1).expand_as(short)), atol=1e-5, rtol=0)
+
+
+def test_a_stack_called_on_its_own_after_explicit_ids_gets_default_positions():
+    model = _patched("bart", "alibi")
+    ids = token_ids(2, SHORT)
+    positions = sample_position_ids(2, SHORT, target_length=TARGET, generator=_generator())
+    with torch.no_grad():
+        plain = model.get_encoder()(input_ids=ids).last_hidden_state
+        model(input_ids=ids, decoder_input_ids=ids, position_ids=positions)
+        again = model.get_encoder()(input_ids=ids).last_hidden_state
+    assert torch.equal(plain, again)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "bart"])
+def test_pose_trains_the_learned_rows_past_the_training_length(model_type):
+    model = tiny_model(model_type).train()
+    patch_model(model, "learned", max_length=256)
+    base = model.base_model
+    tables = [base.embeddings.position_embeddings] if model_type == "bert" else [base.encoder.embed_positions]
+    offset = 0 if model_type == "bert" else 2
+    ids = token_ids(4, 32)
+
+    def rows_with_gradient(position_ids) -> set[int]:
+        model.zero_grad()
+        kwargs = {} if position_ids is None else {"position_ids": position_ids}
+        if model_type == "bart":
+            kwargs["decoder_input_ids"] = ids
+        model(input_ids=ids, **kwargs).last_hidden_state.sum().backward()
+        grad = tables[0].weight.grad
+        return set((grad.abs().sum(-1) > 0).nonzero().flatten().tolist())
+
+    plain = rows_with_gradient(None)
+    assert max(plain) == 31 + offset  # positions 0..31 only
+    augmented = sample_position_ids(4, 32, target_length=256, generator=_generator())
+    pose = rows_with_gradient(augmented)
+    assert max(pose) > 64 + offset and pose == set((augmented + offset).flatten().tolist())

@@ -20,6 +20,7 @@ import copy
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -275,7 +276,7 @@ def _size_kept_tables(model: PreTrainedModel, record: PatchRecord) -> None:
 def _request(entry: StackRecord) -> dict[str, Any]:
     """The `patch_model` request that rebuilds a recorded stack (a position map is re-installed as state)."""
     options = {**entry.options, **({"position_ids": None, "group_size": None} if entry.mapped else {})}
-    return {"encoding": entry.encoding, **options, "keep_absolute": entry.keep_absolute}
+    return {"encoding": entry.encoding, **options, "keep_absolute": entry.keep_absolute, **entry.attention_request()}
 
 
 def _restore_patch(model: PreTrainedModel, record: PatchRecord, exact: bool = True) -> None:
@@ -311,7 +312,7 @@ def _merged_record(rebuilt: StackRecord, recorded: StackRecord) -> StackRecord:
     differing = {k: (v, options.get(k)) for k, v in recorded.options.items() if options.get(k) != v}
     if differing:
         raise ValueError(f"The posenc block's options do not rebuild: recorded vs rebuilt {differing}.")
-    return StackRecord(rebuilt.encoding, options, rebuilt.keep_absolute, recorded.max_length, recorded.table_init)
+    return replace(rebuilt, options=options, max_length=recorded.max_length, table_init=recorded.table_init)
 
 
 def _install_position_map(model: PreTrainedModel, stack, entry: StackRecord) -> None:
