@@ -22,7 +22,13 @@ from pathlib import Path
 
 from hf_posenc.recipes.cli import FieldDefault, recipe_parser, settings_from_args
 from hf_posenc.recipes.settings import SweepConfig
-from hf_posenc.recipes.sweep import compare_with_reference, export_best_variant, run_study, study_sweeps
+from hf_posenc.recipes.sweep import (
+    compare_with_reference,
+    export_best_variant,
+    run_study,
+    study_length_table,
+    study_sweeps,
+)
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"
@@ -114,6 +120,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"best variant: {exported['variant']}; checkpoint and model card in {exported['folder']}")
         return [exported]
     summaries = run_study(sweeps)
+    if len(sweeps) > 1:  # the datasets' test lengths side by side, beside their folders
+        table = study_length_table(summaries)
+        (Path(sweeps[0].output_dir).parent / "lengths.md").write_text(f"# Test documents, in tokens\n\n{table}")
+        print(table)
     for sweep, summary in zip(sweeps, summaries):
         folder = Path(sweep.output_dir)
         print((folder / "results.md").read_text())

@@ -26,6 +26,7 @@ from hf_posenc.recipes.sweep import (
     run_predictions,
     run_study,
     run_sweep,
+    study_length_table,
     study_sweeps,
 )
 
@@ -268,6 +269,8 @@ def test_a_study_of_two_datasets_runs_seed_major_and_resumes(assets, tmp_path):
     run_study(study_sweeps(study, {"resume": True}), runner=runner)
     assert len(runner.calls) == 8
     assert best_variant(summaries[0]) == "perfect"
+    table = study_length_table(summaries)
+    assert "| a | 20 |" in table and "| b | 12 |" in table  # one row per dataset's test split
 
 
 def test_run_predictions_read_the_recipe_format_in_split_order():
@@ -324,3 +327,37 @@ def test_real_runs_predictions_give_every_cell_an_interval(assets, tmp_path):
     # At 16 tokens one chunk of 16 is the whole truncated document: both rows read the same tokens.
     same = summary["analysis"]["all"]["differences"]["accuracy"]["chunked"]["16"]
     assert same["estimate"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_driver_commits_only_the_finished_run_folder(tmp_path, monkeypatch):
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("run_study_tool", ROOT / "tools" / "run_study.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "t")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@example.org")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "t")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@example.org")
+    (repo / "other.txt").write_text("work in progress")
+    subprocess.run([*git, "add", "other.txt"], cwd=repo, check=True)  # staged, must stay out of the run's commit
+    run = repo / "study" / "runs" / "alibi_seed0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text("{}")
+    monkeypatch.setattr(driver, "ROOT", repo)
+    driver.commit([run], "study: run runs/alibi_seed0 finished")
+    driver.commit([run], "nothing new")  # nothing to commit: no second commit, no error
+    log = subprocess.run(["git", "log", "--format=%s", "--name-only"], cwd=repo, capture_output=True, text=True)
+    assert log.stdout.split() == [
+        "study:",
+        "run",
+        "runs/alibi_seed0",
+        "finished",
+        "study/runs/alibi_seed0/results.json",
+    ]
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True)
+    assert staged.stdout.split() == ["other.txt"]

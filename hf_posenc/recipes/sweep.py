@@ -51,6 +51,7 @@ __all__ = [
     "best_variant",
     "export_best_variant",
     "run_study",
+    "study_length_table",
     "study_sweeps",
     "compare_with_reference",
     "comparison_table",
@@ -592,6 +593,17 @@ def run_study(
         if on_seed_finished is not None:
             on_seed_finished(sweeps)
     return summaries
+
+
+def study_length_table(summaries: list[dict]) -> str:
+    """The test sets' length distributions of a study's sweeps side by side (one row per dataset, named by its
+    folder), Markdown."""
+    rows = {
+        Path(summary["sweep"]["output_dir"]).name: summary["documents"]["length_distribution"]
+        for summary in summaries
+        if (summary.get("documents") or {}).get("length_distribution")
+    }
+    return markdown_length_table(rows) if rows else ""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
