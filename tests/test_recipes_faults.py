@@ -94,7 +94,6 @@ def error_line(stderr: str) -> str:
 def assert_same_run(resumed: dict, whole: dict) -> None:
     assert resumed["train"]["completed_steps"] == whole["train"]["completed_steps"] == 6
     assert resumed["train"]["losses"] == whole["train"]["losses"]
-    assert resumed["metrics"] == {n: {**m, "seconds": m["seconds"]} for n, m in resumed["metrics"].items()}
     scores = {n: (m["accuracy"], m["macro_f1"], m["n"]) for n, m in resumed["metrics"].items()}
     assert scores == {n: (m["accuracy"], m["macro_f1"], m["n"]) for n, m in whole["metrics"].items()}
     expected, found = whole["model"].state_dict(), resumed["model"].state_dict()
@@ -182,6 +181,14 @@ def test_cli_resume_with_another_encoding_exits_2_with_one_line(assets, stopped,
     captured = capsys.readouterr()
     assert "encoding: 'alibi' -> 'rope'" in error_line(captured.err)
     assert not (folder / "results.md").exists()
+
+
+def test_a_moved_run_folder_resumes_with_progress_and_cadence_changed(assets, stopped, tmp_path):
+    folder = copy_run(stopped, tmp_path)  # output_dir differs from the saved one
+    run = tiny_run(assets, folder, max_steps=2, resume_from="latest", checkpoint_every=1, progress=True)
+    resumed = run_classification(run)
+    assert resumed["train"]["completed_steps"] == 2 and len(resumed["train"]["losses"]) == 2
+    assert (folder / "checkpoints" / "step_2" / CHECKPOINT_MANIFEST).is_file() and "metrics" in resumed
 
 
 def test_settings_differences_ignores_only_the_allow_list():

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from ..hub.files import read_json
+
 __all__ = [
     "SWEEP_KINDS",
     "JsonDict",
@@ -81,7 +83,10 @@ class Settings:
     @classmethod
     def from_file(cls: type[S], path: str | Path) -> S:
         """Build the settings from a JSON file (see `from_dict`)."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        values = read_json(path, f"Pass a JSON object of {cls.__name__} fields.")
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a JSON object of {cls.__name__} fields, not {type(values).__name__}.")
+        return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -336,7 +336,10 @@ def verify_checkpoint(folder: Path, run_settings: dict[str, Any] | None = None) 
     if not (folder / CHECKPOINT_MANIFEST).is_file():
         if not (folder / LOOP_STATE).is_file():
             raise ValueError(f"{folder} is not a checkpoint written by hf_posenc (no {LOOP_STATE}).")
-        raise ValueError(f"{folder} is incomplete (no {CHECKPOINT_MANIFEST}: interrupted while saving). {fix}")
+        raise ValueError(
+            f"{folder} is incomplete (no {CHECKPOINT_MANIFEST}: interrupted while saving, or saved by a version of "
+            f"hf_posenc without checkpoint manifests). {fix}"
+        )
     manifest = read_json(folder / CHECKPOINT_MANIFEST, fix)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ValueError(f"{folder / CHECKPOINT_MANIFEST} is not a checkpoint manifest. {fix}")
