@@ -1,11 +1,13 @@
 """Run a sweep: several encodings x seeds on the same data, split and budget; one table and one plot.
 
-    python recipes/sweep.py --config recipes/configs/study_quick.json
-    accelerate launch recipes/sweep.py --config recipes/configs/study_full.json
+    python recipes/sweep.py --config recipes/configs/study_quick.json --output_dir outputs/sweep
+    accelerate launch recipes/sweep.py --config recipes/configs/study_full.json --output_dir outputs/full
 
 The config is a `hf_posenc.recipes.SweepConfig` in JSON: `base` (fields shared by all), `variants` (fields
-per line of the table), `seeds`, `baseline` (TF-IDF + logistic regression), `metric`. Finished runs are reused, so
-an interrupted sweep continues where it stopped. Same as `hf-posenc sweep --config ...`.
+per line of the table), `seeds`, `baseline` (TF-IDF + logistic regression), `metric`, `baseline_variant` and
+`long_documents` (intervals and paired differences). Finished runs are reused only with `--resume` (printed per
+run), so an interrupted sweep continues where it stopped; without it a folder with finished runs is refused. Same as
+`hf-posenc sweep --config ...`.
 """
 
 from __future__ import annotations

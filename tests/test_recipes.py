@@ -24,7 +24,7 @@ from recipe_fixtures import make_reviews_csv, make_running_text, make_tiny_bert
 from hf_posenc import cli
 from hf_posenc.recipes.classification import classification_dataloaders, load_adapted_encoder, run_classification
 from hf_posenc.recipes.settings import RunConfig, Seq2SeqConfig, Settings, SweepConfig, TrainingSettings
-from hf_posenc.recipes.sweep import run_sweep
+from hf_posenc.recipes.sweep import run_sweep, study_sweeps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -294,7 +294,7 @@ def test_sweep_aggregates_seeds_adds_the_baseline_and_draws_the_plot(assets, tmp
     assert "| accuracy | 16 | 64 | full |" in table and "±" in table and "TF-IDF+LR (train full)" in table
     first = folder / "runs" / "alibi_seed0" / "results.json"
     stamp = first.stat().st_mtime_ns
-    again = run_sweep(sweep)  # finished runs are reused, not retrained
+    again = run_sweep(dataclasses.replace(sweep, resume=True))  # finished runs are reused (only when asked)
     assert first.stat().st_mtime_ns == stamp and again["summary"] == summary["summary"]
 
 
@@ -404,8 +404,8 @@ def test_unknown_config_keys_are_refused_with_the_valid_ones():
 
 def test_shipped_configs_are_valid():
     for path in sorted((ROOT / "recipes" / "configs").glob("*.json")):
-        sweep = SweepConfig.from_file(path)
-        assert sweep.runs(), path
+        for sweep in study_sweeps(json.loads(path.read_text())):  # a sweep file, or a study of several datasets
+            assert sweep.runs(), path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -488,8 +488,9 @@ def test_sweep_scripts_take_the_config_and_override_its_fields(tmp_path):
     sweep = load_recipe("sweep").parse_args(["--config", str(shipped), "--seeds", "3", "--output_dir", str(tmp_path)])
     assert sweep.seeds == [3] and sweep.output_dir == str(tmp_path)
     assert sweep.variants == SweepConfig.from_file(shipped).variants
+    quick = ROOT / "recipes" / "configs" / "study_quick_v2.json"
     study = load_recipe("study").parse_args(["--quick", "--output_dir", str(tmp_path)])
-    assert study.name == SweepConfig.from_file(shipped).name and study.output_dir == str(tmp_path)
+    assert study.name == SweepConfig.from_file(quick).name and study.output_dir == str(tmp_path)
 
 
 def test_settings_share_one_base():

@@ -206,6 +206,7 @@ def test_a_sweep_refuses_to_reuse_a_finished_run_with_other_settings(assets, tmp
     values = {"output_dir": str(tmp_path / "sweep"), "base": base, "variants": [{"encoding": "alibi"}]}
     values["baseline"] = False
     first = run_sweep(SweepConfig.from_dict(values))
+    values["resume"] = True  # reuse is asked for (without it the sweep refuses to start over finished runs)
     again = run_sweep(SweepConfig.from_dict(values))  # same settings: reused, not trained again
     assert again["runs"][0]["timings"] == first["runs"][0]["timings"]
     changed = {**values, "base": {**base, "learning_rate": 1e-3}}

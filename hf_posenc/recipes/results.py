@@ -22,6 +22,8 @@ __all__ = [
     "cell",
     "environment",
     "git_revision",
+    "length_distribution",
+    "markdown_length_table",
     "markdown_table",
     "mean_std",
     "plot",
@@ -152,3 +154,53 @@ def plot(
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Length distribution of a test set
+# ---------------------------------------------------------------------------------------------------------------------
+
+LONG_THRESHOLDS = (512, 1024)
+"""Token counts past which a document counts as long in the length table (BERT's table, and twice it)."""
+
+
+def length_distribution(n_tokens: list[int], thresholds: tuple[int, ...] = LONG_THRESHOLDS) -> dict[str, Any]:
+    """Median, 90th percentile and maximum token count of a set of documents, and the share over each threshold.
+
+    Args:
+        n_tokens (`list[int]`): Tokens per document (the model's tokenizer, no special tokens).
+        thresholds (`tuple[int, ...]`, *optional*, defaults to `(512, 1024)`): Lengths whose exceedance is reported.
+
+    Returns:
+        `dict`: `{"n", "median", "p90", "max", "over_512", "over_1024"}` (shares in [0, 1]); percentiles by linear
+        interpolation (`numpy.percentile`'s default).
+
+    Raises:
+        `ValueError`: On no documents or a negative count.
+    """
+    import numpy as np
+
+    counts = np.asarray(n_tokens, dtype=float)
+    if counts.ndim != 1 or counts.size == 0 or (counts < 0).any():
+        raise ValueError(f"length_distribution needs a non-empty list of token counts >= 0, got {list(n_tokens)[:5]}.")
+    record: dict[str, Any] = {
+        "n": int(counts.size),
+        "median": float(np.percentile(counts, 50)),
+        "p90": float(np.percentile(counts, 90)),
+        "max": int(counts.max()),
+    }
+    record.update({f"over_{n}": round(float((counts > n).mean()), 4) for n in thresholds})
+    return record
+
+
+def markdown_length_table(distributions: dict[str, dict[str, Any]]) -> str:
+    """One row per dataset (test split): documents, median / p90 / max tokens, share over each threshold."""
+    over = sorted({k for d in distributions.values() for k in d if k.startswith("over_")}, key=lambda k: int(k[5:]))
+    lines = [
+        "| test documents | n | median tokens | p90 | max | " + " | ".join(f"> {k[5:]}" for k in over) + " |",
+        "|---" * (5 + len(over)) + "|",
+    ]
+    for name, d in distributions.items():
+        shares = " | ".join(f"{100 * d[k]:.0f}%" for k in over)
+        lines.append(f"| {name} | {d['n']} | {d['median']:.0f} | {d['p90']:.0f} | {d['max']} | {shares} |")
+    return "\n".join(lines) + "\n"

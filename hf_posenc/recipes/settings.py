@@ -374,6 +374,10 @@ class SweepConfig(Settings):
     seeds: list[int] = _option([0], "seeds; every variant runs with each")
     baseline: bool = _option(True, "add the TF-IDF + logistic regression baseline (classification only)")
     metric: str = _option("accuracy", "the metric of the plot and the first table")
+    resume: bool = _option(False, "reuse finished runs found under output_dir/runs (printed per run); unset: refuse")
+    baseline_variant: str = _option("", "the row every variant is compared with (paired bootstrap); unset: the first")
+    long_documents: int = _option(0, "also report test documents longer than this many tokens alone (0: no subset)")
+    n_resamples: int = _option(10000, "bootstrap replicates of each interval and difference")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SweepConfig:
@@ -384,6 +388,10 @@ class SweepConfig(Settings):
             raise ValueError('A sweep needs at least one variant, e.g. {"encoding": "alibi"}.')
         if not sweep.seeds:
             raise ValueError("A sweep needs at least one seed.")
+        if sweep.long_documents < 0 or sweep.n_resamples < 1:
+            raise ValueError(
+                f"long_documents must be >= 0 and n_resamples >= 1, got {sweep.long_documents}, {sweep.n_resamples}."
+            )
         sweep.runs()  # validates every key of every run before anything runs
         return sweep
 

@@ -1,9 +1,11 @@
 """Sweeps: several variants x seeds on the same data, split and budget; one table and one plot, with a baseline.
 
-A sweep (`SweepConfig`) runs one `RunConfig` or `Seq2SeqConfig` per variant and seed, reuses finished runs (an
-interrupted sweep continues where it stopped), aggregates the mean and spread over seeds, adds the TF-IDF +
-logistic-regression baseline, and writes one `results.json`, one `results.md` and one `results.png` (metric vs
-evaluation length, one line per variant, training length marked).
+A sweep (`SweepConfig`) runs one `RunConfig` or `Seq2SeqConfig` per variant and seed (finished runs are reused only
+with `resume`: an interrupted sweep continues where it stopped), aggregates the mean and spread over seeds, adds the
+TF-IDF + logistic-regression baseline, and writes one `results.json`, one `results.md` and one `results.png` (metric vs
+evaluation length, one line per variant, training length marked). From the runs' per-document predictions it adds a
+95% bootstrap interval to every cell and each variant's paired difference to the baseline row (`stats`), on all test
+documents and on the long ones alone (`long_documents`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..hub.files import atomic_write, read_json
+from ..hub.files import atomic_path, atomic_write, read_json
+from ..hub.publish import push_to_hub, save_for_hub
+from . import stats
 from .classification import (
     classification_dataloaders,
     classification_scores,
@@ -25,23 +30,110 @@ from .classification import (
     run_classification,
 )
 from .data import resolve_checkpoint, special_tokens
-from .results import aggregate, environment, git_revision, markdown_table, plot, write_json
+from .results import (
+    aggregate,
+    environment,
+    git_revision,
+    length_distribution,
+    markdown_length_table,
+    markdown_table,
+    plot,
+    write_json,
+)
 from .seq2seq import run_seq2seq, seq2seq_dataloaders
 from .settings import SWEEP_KINDS, RunConfig, SweepConfig, settings_differences, slug
 from .training import check_lengths
 
-__all__ = ["SWEEP_KINDS", "SweepConfig", "render", "run_sweep", "slug", "sweep_markdown", "tfidf_baseline"]
+__all__ = [
+    "SWEEP_KINDS",
+    "SweepConfig",
+    "analyse",
+    "best_variant",
+    "export_best_variant",
+    "run_study",
+    "study_length_table",
+    "study_sweeps",
+    "compare_with_reference",
+    "comparison_table",
+    "document_subsets",
+    "document_table",
+    "render",
+    "reuse_finished",
+    "run_labels",
+    "run_predictions",
+    "run_sweep",
+    "slug",
+    "sweep_markdown",
+    "evaluation_documents",
+    "tfidf_baseline",
+]
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-document predictions (what intervals, paired differences and the long-document subset are computed from)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _prediction_record(result: dict) -> tuple[dict, list[int] | None] | None:
+    """The run's `{length: predictions}` of its reported mode and the test-split position of each entry."""
+    found = result.get("predictions")
+    if not isinstance(found, dict):
+        return None
+    mode = "chunked" if result.get("config", {}).get("eval_mode") == "chunked" else "single"
+    per_length = found.get(mode) if isinstance(found.get(mode), dict) else found
+    per_length = {k: v for k, v in per_length.items() if k.isdigit() and isinstance(v, list)}
+    index = found.get("document_index", found.get("index"))
+    return (per_length, index) if per_length else None
+
+
+def _in_split_order(values: list, index: list[int] | None) -> list[int]:
+    if index is None:
+        return [int(v) for v in values]
+    ordered = [0] * len(values)
+    for position, value in zip(index, values):
+        ordered[position] = int(value)
+    return ordered
+
+
+def run_predictions(result: dict) -> dict[str, list[int]] | None:
+    """`{length: predicted labels}` of one run, in the order of the test split, or None when it has none.
+
+    Read from the run's `results.json` key `"predictions"` (written by `run_classification`): `{"document_index":
+    [test-split position of each entry], "labels": [...], "single": {"<length>": [...]}, "chunked": {...}}`, the mode
+    being the run's `eval_mode` (`single` when it reports both); a flat `{"labels", "<length>": [...]}` is read too.
+    """
+    record = _prediction_record(result)
+    if record is None:
+        return None
+    per_length, index = record
+    return {length: _in_split_order(values, index) for length, values in per_length.items()}
+
+
+def run_labels(result: dict) -> list[int] | None:
+    """The test labels a run stored with its predictions, in test-split order, if any."""
+    found = result.get("predictions")
+    if not isinstance(found, dict) or "labels" not in found:
+        return None
+    return _in_split_order(found["labels"], found.get("document_index", found.get("index")))
+
+
+def evaluation_documents(run: RunConfig, tokenizer) -> dict[str, list[int]]:
+    """Labels and token counts (no special tokens) of the run's test documents, in test-split order."""
+    _, test = classification_splits(run)
+    ids = tokenizer(list(test["text"]), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return {"labels": [int(x) for x in test["label"]], "n_tokens": [len(i) for i in ids]}
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # TF-IDF + logistic regression baseline (scikit-learn)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, float]]]:
+def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, Any]]]:
     """TF-IDF 1-2-grams + logistic regression on the run's split, test documents truncated at each length.
 
     Two rows: trained on full training texts, and trained on texts truncated at the training length (what the
-    fine-tuned models saw). Truncation uses the model's tokenizer, so "512" means the same text for both.
+    fine-tuned models saw). Truncation uses the model's tokenizer, so "512" means the same text for both. Each cell has
+    the scores and `"predictions"`: the predicted label of every test document, in test-split order (for intervals).
     """
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -68,8 +160,157 @@ def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, f
         for length in [*run.eval_lengths, "full"]:
             inputs = test_texts if length == "full" else truncate(test_texts, length)
             found = torch.tensor(classifier.predict(vectorizer.transform(inputs)))
-            rows[name][str(length)] = classification_scores(found, torch.tensor(test_labels))
+            scores = classification_scores(found, torch.tensor(test_labels))
+            rows[name][str(length)] = {**scores, "predictions": [int(x) for x in found]}
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Intervals and paired differences of a sweep's table
+# ---------------------------------------------------------------------------------------------------------------------
+
+INTERVAL_METRICS = ("accuracy", "macro_f1")
+
+
+def document_table(summary: dict, keep: list[int] | None = None) -> tuple[dict, dict[str, list[int]]]:
+    """Per-document data of every row of a sweep summary: `{row: {length: (predictions, labels)}}` and row seeds.
+
+    Variants stack their seeds (`(n_seeds, n_docs)`, seeds in sweep order); a baseline row is one seed. Only cells
+    whose every run stored predictions are kept. `keep` restricts to these test-document positions (a subset).
+    """
+    documents = summary.get("documents") or {}
+    labels = np.asarray(documents.get("labels", []))
+    if labels.size == 0:
+        return {}, {}
+    index = np.arange(labels.size) if keep is None else np.asarray(keep, dtype=int)
+    table: dict[str, dict[int, tuple]] = {}
+    seeds: dict[str, list[int]] = {}
+    by_variant: dict[str, list[dict]] = {}
+    for run in summary["runs"]:
+        by_variant.setdefault(run["variant"], []).append(run)
+    for variant, runs in by_variant.items():
+        predictions = [run_predictions(run) or {} for run in runs]
+        for run in runs:
+            stored = run_labels(run)
+            if stored is not None and list(stored) != labels.tolist():
+                raise ValueError(
+                    f"The test labels stored by {variant} (seed {run['config']['seed']}) are not the sweep's test "
+                    "labels in test-split order: its predictions cannot be paired with the other rows."
+                )
+        lengths = set.intersection(*(set(p) for p in predictions))
+        cells = {}
+        for length in sorted(lengths, key=_length_key):
+            rows = np.asarray([p[length] for p in predictions])
+            if rows.shape[1] == labels.size and length.isdigit():
+                cells[int(length)] = (rows[:, index], labels[index])
+        if cells:
+            table[variant], seeds[variant] = cells, [run["config"]["seed"] for run in runs]
+    for name, per_length in (summary.get("baseline") or {}).items():
+        cells = {
+            int(length): (np.asarray(cell["predictions"])[index], labels[index])
+            for length, cell in per_length.items()
+            if length.isdigit() and "predictions" in cell
+        }
+        if cells:
+            table[name] = cells
+    return table, seeds
+
+
+def _length_key(length: str) -> tuple[int, str]:
+    return (int(length), "") if length.isdigit() else (1 << 30, length)
+
+
+def document_subsets(summary: dict, long_documents: int) -> dict[str, list[int] | None]:
+    """`{"all": None}`, and the positions of the test documents over `long_documents` tokens when asked."""
+    subsets: dict[str, list[int] | None] = {"all": None}
+    n_tokens = (summary.get("documents") or {}).get("n_tokens")
+    if long_documents and n_tokens:
+        subsets[f"over {long_documents} tokens"] = [i for i, n in enumerate(n_tokens) if n > long_documents]
+    return subsets
+
+
+def analyse(summary: dict, sweep: SweepConfig) -> dict:
+    """Intervals of every cell and paired differences to the baseline row, per document subset and metric.
+
+    Returns `{subset: {"n_docs", "intervals": {metric: {row: {length: Interval fields}}}, "differences": ...}}`
+    (JSON-ready); empty when no run stored per-document predictions.
+    """
+    baseline_row = sweep.baseline_variant or sweep.runs()[0].variant
+    options = {"n_resamples": sweep.n_resamples, "seed": 0}
+    analysis = {}
+    for subset, keep in document_subsets(summary, sweep.long_documents).items():
+        table, seeds = document_table(summary, keep)
+        if not table or (keep is not None and len(keep) < 2):
+            continue
+        entry: dict[str, Any] = {"n_docs": len(keep) if keep is not None else len(summary["documents"]["labels"])}
+        entry["intervals"], entry["differences"] = {}, {}
+        for metric in INTERVAL_METRICS:
+            intervals = stats.interval_table(table, metric=metric, **options)
+            entry["intervals"][metric] = _to_json(intervals)
+            if baseline_row in table:
+                differences = stats.difference_table(table, baseline_row, metric=metric, seeds=seeds, **options)
+                entry["differences"][metric] = _to_json(differences)
+        entry["baseline_row"] = baseline_row if baseline_row in table else None
+        analysis[subset] = entry
+    return analysis
+
+
+def _to_json(table: dict) -> dict:
+    return {row: {str(n): dataclasses.asdict(value) for n, value in cells.items()} for row, cells in table.items()}
+
+
+def _intervals(table: dict) -> dict[str, dict[int, stats.Interval]]:
+    return {row: {int(n): stats.Interval(**v) for n, v in cells.items()} for row, cells in table.items()}
+
+
+def _differences(table: dict) -> dict[str, dict[int, stats.Difference]]:
+    return {row: {int(n): stats.Difference(**v) for n, v in cells.items()} for row, cells in table.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fresh results against a committed reference
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def comparison_table(summary: dict, metric: str = "accuracy") -> dict[str, dict[int, dict]]:
+    """The sweep's table as `stats.compare_tables` reads it: value, interval and per-document data where known."""
+    table: dict[str, dict[int, dict]] = {}
+    for variant, per_length in summary["summary"].items():
+        for length, metrics in per_length.items():
+            if length.isdigit() and metric in metrics:
+                table.setdefault(variant, {})[int(length)] = {"value": float(np.mean(metrics[metric]))}
+    for name, per_length in (summary.get("baseline") or {}).items():
+        for length, cell in per_length.items():
+            if length.isdigit():
+                table.setdefault(name, {})[int(length)] = {"value": float(cell[metric])}
+    documents, seeds = document_table(summary)
+    intervals = ((summary.get("analysis") or {}).get("all") or {}).get("intervals", {}).get(metric, {})
+    for row, cells in table.items():
+        for length, cell in cells.items():
+            if row in documents and length in documents[row]:
+                predictions, labels = documents[row][length]
+                cell.update(predictions=predictions, labels=labels, seeds=seeds.get(row))
+            bounds = intervals.get(row, {}).get(str(length))
+            if bounds:
+                cell.update(low=bounds["low"], high=bounds["high"])
+    return table
+
+
+def compare_with_reference(
+    summary: dict, reference: dict | str | Path, metric: str = "accuracy", n_resamples: int = 10000
+) -> stats.TableComparison:
+    """Compare a sweep's table with a reference sweep's (a `results.json` path or its dict), cell by cell.
+
+    Cells agree exactly, within noise (paired bootstrap over the same test documents when both stored predictions,
+    else the reference's interval, else the fresh cell's interval around the reference value), or differ.
+    """
+    if not isinstance(reference, dict):
+        reference = json.loads(Path(reference).read_text())
+    if reference.get("kind") != "sweep":
+        raise ValueError(f"The reference must be a sweep's results.json, got kind {reference.get('kind')!r}.")
+    return stats.compare_tables(
+        comparison_table(summary, metric), comparison_table(reference, metric), metric=metric, n_resamples=n_resamples
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -77,35 +318,61 @@ def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, f
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def run_sweep(sweep: SweepConfig, get_dataloaders: Callable | None = None) -> dict:
-    """Run (or reuse, when a finished run with the same config is on disk) every run, then write the summary.
+def run_sweep(
+    sweep: SweepConfig,
+    get_dataloaders: Callable | None = None,
+    runner: Callable | None = None,
+    on_run_finished: Callable | None = None,
+) -> dict:
+    """Run every run of the sweep, then write the summary (table with intervals, differences, plot).
 
-    Finished runs are reused, so an interrupted sweep continues where it stopped when started again.
+    A run whose `results.json` is already on disk is reused only when `sweep.resume` (printed per run; a finished run
+    with other settings is refused, `reuse_finished`); without `resume` the sweep refuses to start over finished runs
+    rather than overwrite them. `runner` (one run config -> its results dict) replaces the recipe's
+    run, for tests; `on_run_finished(run, results)` is called after each run that trained (e.g. to commit it).
     """
     from transformers import AutoTokenizer
 
     git_revision()  # the revision of the code this process imported
-    runs, runner = sweep.runs(), _runner(sweep.kind, get_dataloaders)
+    runs = sweep.runs()
+    runner = runner or _runner(sweep.kind, get_dataloaders)
+    if sweep.baseline_variant and sweep.baseline_variant not in {run.variant for run in runs}:
+        raise ValueError(
+            f"baseline_variant {sweep.baseline_variant!r} is not a variant of the sweep: "
+            f"{sorted({run.variant for run in runs})}."
+        )
+    _refuse_finished(runs, sweep.resume)
     if sweep.kind == "classification":
         _check_all_lengths(runs)
     started, results = time.perf_counter(), []
     for index, run in enumerate(runs):
-        print(f"[{index + 1}/{len(runs)}] {run.variant} seed {run.seed}", flush=True)
-        results.append(_reuse(run) or runner(run))
-    baseline = None
-    if sweep.baseline and sweep.kind == "classification":
-        baseline = tfidf_baseline(runs[0], AutoTokenizer.from_pretrained(resolve_checkpoint(runs[0].model)))
+        previous = reuse_finished(run, sweep.resume)
+        status = "reused " + str(Path(run.output_dir) / "results.json") if previous else "running"
+        print(f"[{index + 1}/{len(runs)}] {run.variant} seed {run.seed}: {status}", flush=True)
+        results.append(previous or runner(run))
+        if previous is None and on_run_finished is not None:
+            on_run_finished(run, results[-1])
+    tokenizer = documents = baseline = None
+    if sweep.kind == "classification":
+        tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(runs[0].model))
+        documents = evaluation_documents(runs[0], tokenizer)
+        documents["length_distribution"] = length_distribution(documents["n_tokens"])
+        if sweep.baseline:
+            baseline = tfidf_baseline(runs[0], tokenizer)
     keep = ("variant", "config", "metrics", "train", "mlm", "patch_spec", "timings", "data", "note", "environment")
     keep += ("base_model", "dataset_info")  # each run's provenance, for model cards made from a sweep
+    keep += ("predictions",)  # per-document predictions: intervals, paired differences, reference comparisons
     summary = {
         "kind": "sweep",
         "sweep": dataclasses.asdict(sweep),
         "summary": aggregate(results),
         "baseline": baseline,
+        "documents": documents,
         "runs": [{k: r[k] for k in keep if k in r} for r in results],
         "environment": environment(),
-        "timings": {"total_seconds": round(time.perf_counter() - started, 1)},
     }
+    summary["analysis"] = analyse(summary, sweep)
+    summary["timings"] = {"total_seconds": round(time.perf_counter() - started, 1)}
     render(summary, Path(sweep.output_dir))
     return summary
 
@@ -125,10 +392,25 @@ def _check_all_lengths(runs: list[RunConfig]) -> None:
         check_lengths(config, run, [run.train_length, *run.eval_lengths, *run.mlm_eval_lengths])
 
 
-def _reuse(run) -> dict | None:
-    """The finished run's results when its folder holds them; a run with other settings there is refused."""
+def _refuse_finished(runs: list, resume: bool) -> None:
+    """Without `resume`, refuse to start a sweep whose output folder already holds finished runs (never overwrite)."""
+    finished = [str(Path(run.output_dir) / "results.json") for run in runs]
+    finished = [path for path in finished if Path(path).is_file()]
+    if finished and not resume:
+        raise FileExistsError(
+            f"{len(finished)} finished run(s) already in the output folder (first: {finished[0]}): pass --resume to "
+            "reuse them, or choose a fresh --output_dir."
+        )
+
+
+def reuse_finished(run, resume: bool) -> dict | None:
+    """The finished results of `run` on disk when `resume`, else None (also for a run that stopped early).
+
+    The one place that decides whether a finished run is reused. A finished run whose recorded settings differ from
+    the requested ones is refused (ValueError naming the differences), never silently reused or overwritten.
+    """
     path = Path(run.output_dir) / "results.json"
-    if not path.is_file():
+    if not resume or not path.is_file():
         return None
     fix = "Delete it (the run is then trained again) or give the sweep another output_dir."
     previous = read_json(path, fix)
@@ -146,18 +428,36 @@ def _reuse(run) -> dict | None:
 
 
 def render(summary: dict, folder: Path) -> None:
-    """Write `results.json`, `results.md` and `results.png` of a sweep (also re-renders from a results.json)."""
+    """Write `results.json`, `results.md` and `results.png` of a sweep (also re-renders from a results.json).
+
+    With per-document predictions the plot shows each row's 95% interval (`stats.plot_intervals`) and a second plot,
+    `results_long.png`, the long-document subset; without, the mean and spread over seeds.
+    """
     sweep = SweepConfig.from_dict(summary["sweep"])
     base = sweep.runs()[0]
     write_json(summary, folder / "results.json")
     atomic_write(folder / "results.md", sweep_markdown(summary, base.eval_lengths, sweep.metric))
+    title = f"{_subject(summary['runs'][0])}: trained at {base.train_length} tokens, {len(sweep.seeds)} seed(s)"
+    analysis = summary.get("analysis") or {}
+    if analysis:
+        for subset, entry in analysis.items():
+            name = "results.png" if subset == "all" else "results_long.png"
+            intervals = _intervals(entry["intervals"][sweep.metric])
+            suffix = "" if subset == "all" else f" ({subset}: {entry['n_docs']} documents)"
+            figure = stats.plot_intervals(
+                intervals, train_length=base.train_length, metric=sweep.metric, title=title + suffix
+            )
+            figure.tight_layout()
+            with atomic_path(folder / name) as temporary:
+                figure.savefig(temporary, dpi=120, format="png")
+        return
     plot(
         summary["summary"],
         base.eval_lengths,
         base.train_length,
         sweep.metric,
         folder / "results.png",
-        f"{_subject(summary['runs'][0])}: trained at {base.train_length} tokens, {len(sweep.seeds)} seed(s)",
+        title,
         summary.get("baseline"),
     )
 
@@ -183,7 +483,8 @@ def _setting(run: dict, seeds: list[int]) -> str:
 
 
 def sweep_markdown(summary: dict, lengths: list[int], metric: str) -> str:
-    """The sweep's Markdown: setting, one table per metric (baseline rows included), timings, environment."""
+    """The sweep's Markdown: setting, length distribution, one table per metric (baseline rows included), intervals
+    and paired differences to the baseline row per document subset, timings, environment."""
     sweep, runs = summary["sweep"], summary["runs"]
     seconds = {f"{r['variant']} (seed {r['config']['seed']})": r["timings"]["total_seconds"] for r in runs}
     first_metrics = next(iter(summary["summary"].values()))
@@ -193,7 +494,163 @@ def sweep_markdown(summary: dict, lengths: list[int], metric: str) -> str:
         sweep["description"] + "\n" if sweep["description"] else "",
         _setting(runs[0], sweep["seeds"]),
     ]
+    documents = summary.get("documents") or {}
+    if documents.get("length_distribution"):
+        name = Path(runs[0]["config"].get("dataset", "test")).name
+        text.append(markdown_length_table({name: documents["length_distribution"]}))
     text += [markdown_table(summary["summary"], lengths, m, summary.get("baseline")) for m in metrics]
+    train_length = runs[0]["config"]["train_length"]
+    for subset, entry in (summary.get("analysis") or {}).items():
+        text.append(
+            f"## 95% intervals: {subset} ({entry['n_docs']} test documents)\n\nPercentile bootstrap over test "
+            "documents (and over seeds where there are several); differences are paired (same documents, same "
+            "seeds) against the baseline row.\n"
+        )
+        for name in (metric, *[m for m in INTERVAL_METRICS if m != metric]):
+            if name not in entry["intervals"]:
+                continue
+            intervals = _intervals(entry["intervals"][name])
+            text.append(stats.markdown_interval_table(intervals, metric=name, train_length=train_length))
+            if entry.get("baseline_row") and name in entry["differences"]:
+                differences = _differences(entry["differences"][name])
+                text.append(
+                    stats.markdown_difference_table(
+                        differences, entry["baseline_row"], metric=name, train_length=train_length
+                    )
+                )
     text.append("Seconds per run (train + evaluate): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n")
     text.append(f"Environment: `{json.dumps(summary['environment'])}`\n")
     return "\n".join(t for t in text if t)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A study: the same sweep on several datasets, seed-major across them
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def study_sweeps(study: dict, overrides: dict | None = None) -> list[SweepConfig]:
+    """The sweeps of a study file, or the one sweep of a sweep file, with `overrides` (SweepConfig fields) applied.
+
+    A study file is `{"name", "description", "output_dir", "sweep": {SweepConfig fields shared by all},
+    "datasets": {"<name>": {run fields for that dataset, e.g. {"dataset": "20newsgroups"}, and sweep fields such
+    as long_documents}}}`; each dataset's sweep writes under `output_dir/<name>`. Anything else is one `SweepConfig`.
+    """
+    overrides = dict(overrides or {})
+    if "datasets" not in study:
+        return [SweepConfig.from_dict({**study, **overrides})]
+    unknown = set(study) - {"name", "description", "output_dir", "sweep", "datasets", "kind"}
+    if unknown or not study["datasets"]:
+        raise ValueError(
+            f"A study file has name, description, output_dir, sweep and a non-empty datasets object; "
+            f"unknown key(s) {sorted(unknown)}."
+        )
+    root = Path(overrides.pop("output_dir", study.get("output_dir", "outputs/study")))
+    shared = {**study["sweep"], **overrides}
+    sweeps = []
+    sweep_fields = set(SweepConfig.field_names())
+    for name, entry in study["datasets"].items():
+        # A dataset entry holds run fields (its dataset, budget) and may set sweep fields (long_documents).
+        base = {k: v for k, v in entry.items() if k not in sweep_fields}
+        values = {**shared, **{k: v for k, v in entry.items() if k in sweep_fields}}
+        values.update(base={**shared.get("base", {}), **base}, output_dir=str(root / slug(name)))
+        values["name"] = f"{study.get('name', shared.get('name', 'study'))} ({name})"
+        values.setdefault("description", study.get("description", ""))
+        sweeps.append(SweepConfig.from_dict(values))
+    return sweeps
+
+
+def run_study(
+    sweeps: list[SweepConfig],
+    get_dataloaders: Callable | None = None,
+    runner: Callable | None = None,
+    on_run_finished: Callable | None = None,
+    on_seed_finished: Callable | None = None,
+) -> list[dict]:
+    """Run several sweeps seed-major across them (every dataset's first seed before any second seed).
+
+    After each seed the sweeps' summaries are rewritten, so a study stopped at any point has complete tables for its
+    finished seeds; without `resume`, finished runs already in any output folder are refused before anything trains.
+    `on_run_finished(run, results)` is called after each run that trained, `on_seed_finished(sweeps)` after each
+    seed's tables are written. Returns the final summaries, one per sweep.
+    """
+    for sweep in sweeps:
+        _refuse_finished(sweep.runs(), sweep.resume)
+    seeds = sweeps[0].seeds
+    if any(sweep.seeds != seeds for sweep in sweeps):
+        raise ValueError("The sweeps of a study must share their seeds.")
+    summaries: list[dict] = []
+    for count in range(1, len(seeds) + 1):
+        # Runs finished earlier in this process (or found under resume) are reused from the second seed on.
+        summaries = [
+            run_sweep(
+                dataclasses.replace(sweep, seeds=seeds[:count], resume=sweep.resume or count > 1),
+                get_dataloaders,
+                runner,
+                on_run_finished,
+            )
+            for sweep in sweeps
+        ]
+        if on_seed_finished is not None:
+            on_seed_finished(sweeps)
+    return summaries
+
+
+def study_length_table(summaries: list[dict]) -> str:
+    """The test sets' length distributions of a study's sweeps side by side (one row per dataset, named by its
+    folder), Markdown."""
+    rows = {
+        Path(summary["sweep"]["output_dir"]).name: summary["documents"]["length_distribution"]
+        for summary in summaries
+        if (summary.get("documents") or {}).get("length_distribution")
+    }
+    return markdown_length_table(rows) if rows else ""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The best variant of a finished sweep, saved with its model card
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def best_variant(summary: dict, metric: str = "accuracy", length: int | None = None) -> str:
+    """The variant with the highest mean `metric` at `length` (default: the longest evaluation length)."""
+    lengths = sorted({int(n) for per in summary["summary"].values() for n in per if n.isdigit()})
+    length = length or lengths[-1]
+    scores = {
+        variant: float(np.mean(per[str(length)][metric]))
+        for variant, per in summary["summary"].items()
+        if str(length) in per and metric in per[str(length)]
+    }
+    if not scores:
+        raise ValueError(f"No variant of the sweep has {metric} at {length} tokens (lengths: {lengths}).")
+    return max(scores, key=scores.get)
+
+
+def export_best_variant(
+    results: str | Path | dict,
+    destination: str | Path,
+    metric: str = "accuracy",
+    length: int | None = None,
+    repo_id: str = "hf-posenc/study-best",
+) -> dict:
+    """Retrain the best variant of a finished classification sweep (its first seed, same settings: same weights),
+    save its encoder as a checkpoint with a model card (`hub.save_for_hub`) under `destination`, and print what
+    `hub.push_to_hub(..., dry_run=True)` would upload.
+
+    Returns `{"variant", "folder", "results", "push"}`.
+    """
+    from transformers import AutoTokenizer
+
+    summary = results if isinstance(results, dict) else json.loads(Path(results).read_text())
+    if summary.get("kind") != "sweep" or summary["sweep"]["kind"] != "classification":
+        raise ValueError("export_best_variant needs a classification sweep's results.json.")
+    variant = best_variant(summary, metric, length)
+    record = next(r for r in summary["runs"] if r["variant"] == variant)
+    run = RunConfig.from_dict({**record["config"], "output_dir": str(Path(destination) / "run"), "progress": False})
+    trained = run_classification(run, keep_model=True)
+    model = trained.pop("model")
+    encoder = getattr(model, "base_model", model)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(run.model))
+    card_results = {k: v for k, v in trained.items() if k != "predictions"}
+    folder = save_for_hub(encoder, Path(destination) / "checkpoint", tokenizer=tokenizer, results=card_results)
+    push = push_to_hub(encoder, repo_id, tokenizer=tokenizer, results=card_results, dry_run=True)
+    return {"variant": variant, "folder": str(folder), "results": card_results, "push": push}

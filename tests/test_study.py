@@ -1,0 +1,363 @@
+"""The length-generalization study's machinery on tiny models and fixture data: intervals and paired differences
+through the sweep (cases with known answers), reuse only under `resume`, the comparison with a reference from the
+study entry point, several datasets seed-major, the length distribution and the long-document subset.
+
+Runs are replaced by a stand-in runner whose predictions are fixed functions of the gold labels, so every interval
+and difference has a known value; the data, tokenizer, TF-IDF baseline and rendering are the real ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from recipe_fixtures import make_reviews_csv, make_tiny_bert
+
+from hf_posenc.recipes.classification import classification_splits
+from hf_posenc.recipes.results import length_distribution, markdown_length_table
+from hf_posenc.recipes.settings import RunConfig, SweepConfig
+from hf_posenc.recipes.sweep import (
+    best_variant,
+    document_subsets,
+    evaluation_documents,
+    run_predictions,
+    run_study,
+    run_sweep,
+    study_length_table,
+    study_sweeps,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("sklearn")
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("recipe_study", ROOT / "recipes" / "study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("study")
+    return {
+        "bert": make_tiny_bert(root / "bert"),
+        "reviews": make_reviews_csv(root / "reviews.csv", count=100),
+        "other": make_reviews_csv(root / "other.csv", count=60, seed=3),
+    }
+
+
+RULES = {
+    "perfect": lambda labels, seed: labels,
+    "wrong": lambda labels, seed: 1 - labels,
+    "copy": lambda labels, seed: labels,
+    # right on even positions only: accuracy 0.5 exactly whatever the labels
+    "half": lambda labels, seed: np.where(np.arange(labels.size) % 2 == 0, labels, 1 - labels),
+}
+
+
+class FakeRunner:
+    """Stands in for `run_classification`: predictions are a rule of the gold labels, stored as the recipe does
+    (`{"document_index", "labels", "single": {length: predictions}}`, entries in reverse split order to exercise the
+    reordering)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, run: RunConfig) -> dict:
+        self.calls.append((run.variant, run.seed))
+        labels = np.asarray(classification_splits(run)[1]["label"])
+        found = RULES[run.variant](labels, run.seed)
+        index = list(range(labels.size))[::-1]
+        metrics = {str(n): {"accuracy": float((found == labels).mean()), "macro_f1": 0.0} for n in run.eval_lengths}
+        results = {
+            "kind": "classification",
+            "variant": run.variant,
+            "config": run.to_dict(),
+            "metrics": metrics,
+            "timings": {"total_seconds": 1.0},
+            "predictions": {
+                "document_index": index,
+                "labels": [int(labels[i]) for i in index],
+                "single": {str(n): [int(found[i]) for i in index] for n in run.eval_lengths},
+            },
+        }
+        folder = Path(run.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps(results))
+        return results
+
+
+def sweep_dict(assets, folder: Path, variants=("perfect", "wrong", "copy"), seeds=(0, 1), **extra) -> dict:
+    base = {
+        "model": str(assets["bert"]),
+        "dataset": str(assets["reviews"]),
+        "encoding": "alibi",
+        "train_length": 32,
+        "eval_lengths": [16, 64],
+        "progress": False,
+    }
+    values = {
+        "name": "tiny study",
+        "output_dir": str(folder),
+        "base": base,
+        "variants": [{"label": v, "encoding": "alibi"} for v in variants],
+        "seeds": list(seeds),
+        "baseline_variant": "perfect",
+        "long_documents": 80,
+        "n_resamples": 500,
+    }
+    return {**values, **extra}
+
+
+def test_intervals_and_paired_differences_have_their_known_values(assets, tmp_path):
+    sweep = SweepConfig.from_dict(sweep_dict(assets, tmp_path / "sweep"))
+    summary = run_sweep(sweep, runner=FakeRunner())
+    everything = summary["analysis"]["all"]
+    n_docs = len(summary["documents"]["labels"])
+    assert everything["n_docs"] == n_docs == 20  # 20% of 100 reviews
+    intervals = everything["intervals"]["accuracy"]
+    # Constant per-document outcomes: the bootstrap cannot move them.
+    assert intervals["perfect"]["16"]["estimate"] == intervals["perfect"]["16"]["low"] == 1.0
+    assert intervals["wrong"]["64"]["high"] == 0.0 and intervals["wrong"]["64"]["n_seeds"] == 2
+    differences = everything["differences"]["accuracy"]
+    assert set(differences) == {"wrong", "copy", "TF-IDF+LR (train full)", "TF-IDF+LR (train @32)"}
+    wrong, copy = differences["wrong"]["16"], differences["copy"]["16"]
+    assert wrong["estimate"] == wrong["low"] == wrong["high"] == -1.0 and wrong["paired_seeds"]
+    assert copy["estimate"] == copy["low"] == copy["high"] == 0.0
+    # The TF-IDF rows are deterministic one-seed rows, with their own predictions and intervals.
+    tfidf = intervals["TF-IDF+LR (train full)"]["64"]
+    expected = summary["baseline"]["TF-IDF+LR (train full)"]["64"]["accuracy"]
+    assert tfidf["n_seeds"] == 1 and tfidf["estimate"] == pytest.approx(expected, abs=1e-4)
+    assert tfidf["low"] <= tfidf["estimate"] <= tfidf["high"]
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert "95% intervals: all (20 test documents)" in table
+    assert "| wrong | -1.000 [-1.00, -1.00] * |" in table  # excludes zero: marked
+    assert "| copy | +0.000 [+0.00, +0.00] |" in table  # does not: unmarked
+    assert "| test documents | n | median tokens |" in table
+    assert (tmp_path / "sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_long_document_subset_is_reported_separately(assets, tmp_path):
+    sweep = SweepConfig.from_dict(sweep_dict(assets, tmp_path / "sweep", variants=("perfect", "half"), seeds=(0,)))
+    summary = run_sweep(sweep, runner=FakeRunner())
+    n_tokens = summary["documents"]["n_tokens"]
+    long = [i for i, n in enumerate(n_tokens) if n > 80]
+    assert 2 <= len(long) < len(n_tokens)  # the fixture has both
+    entry = summary["analysis"]["over 80 tokens"]
+    assert entry["n_docs"] == len(long)
+    # "half" is right exactly on even split positions: its accuracy on the subset is the share of even positions.
+    expected = np.mean([i % 2 == 0 for i in long])
+    assert entry["intervals"]["accuracy"]["half"]["16"]["estimate"] == pytest.approx(expected)
+    assert (
+        f"95% intervals: over 80 tokens ({len(long)} test documents)"
+        in (tmp_path / "sweep" / "results.md").read_text()
+    )
+    assert (tmp_path / "sweep" / "results_long.png").is_file()
+
+
+def test_document_subsets_select_documents_over_the_threshold():
+    summary = {"documents": {"labels": [0] * 5, "n_tokens": [10, 600, 512, 513, 2000]}}
+    assert document_subsets(summary, 512) == {"all": None, "over 512 tokens": [1, 3, 4]}
+    assert document_subsets(summary, 0) == {"all": None}
+
+
+def test_length_distribution_of_a_fixture():
+    found = length_distribution([100, 200, 600, 1100, 3000])
+    assert found == {"n": 5, "median": 600.0, "p90": 2240.0, "max": 3000, "over_512": 0.6, "over_1024": 0.4}
+    table = markdown_length_table({"fixture": found})
+    assert "| fixture | 5 | 600 | 2240 | 3000 | 60% | 40% |" in table
+    with pytest.raises(ValueError, match="non-empty"):
+        length_distribution([])
+
+
+def test_finished_runs_are_reused_only_with_resume(assets, tmp_path, capsys):
+    values = sweep_dict(assets, tmp_path / "sweep", variants=("perfect", "wrong"), seeds=(0,))
+    runner = FakeRunner()
+    first = run_sweep(SweepConfig.from_dict(values), runner=runner)
+    assert len(runner.calls) == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_sweep(SweepConfig.from_dict(values), runner=runner)  # refused before anything runs
+    assert len(runner.calls) == 2
+    capsys.readouterr()
+    again = run_sweep(SweepConfig.from_dict({**values, "resume": True}), runner=runner)
+    assert len(runner.calls) == 2 and again["summary"] == first["summary"]
+    printed = capsys.readouterr().out
+    assert "[1/2] perfect seed 0: reused" in printed and "[2/2] wrong seed 0: reused" in printed
+    # A finished run whose recorded settings differ from the sweep's is refused even under resume, naming the field.
+    changed = {**values, "resume": True, "base": {**values["base"], "eval_lengths": [16]}}
+    with pytest.raises(ValueError, match="eval_lengths"):
+        run_sweep(SweepConfig.from_dict(changed), runner=runner)
+    assert len(runner.calls) == 2
+
+
+def test_study_entry_point_compares_with_a_reference(assets, tmp_path, monkeypatch, capsys):
+    study = load_study()
+    runner = FakeRunner()
+    monkeypatch.setattr(study, "run_study", lambda sweeps: run_study(sweeps, runner=runner))
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(sweep_dict(assets, tmp_path / "unused", variants=("perfect", "half"), seeds=(0,))))
+    reference = tmp_path / "reference"
+    study.main(["--config", str(config), "--output_dir", str(reference), "--no_compare"])
+    [fresh] = study.main(
+        [
+            "--config",
+            str(config),
+            "--output_dir",
+            str(tmp_path / "fresh"),
+            "--reference",
+            str(reference / "results.json"),
+        ]
+    )
+    text = (tmp_path / "fresh" / "comparison.md").read_text()
+    assert "AGREES with" in text and "0 differ" in text and "exactly" in text
+    assert "AGREES with" in capsys.readouterr().out
+    # A reference whose "half" row read every document right: the paired bootstrap calls the drop a difference.
+    changed = json.loads((reference / "results.json").read_text())
+    for run in changed["runs"]:
+        if run["variant"] == "half":
+            run["predictions"]["single"] = {n: list(run["predictions"]["labels"]) for n in ("16", "64")}
+    changed["summary"]["half"] = {n: {"accuracy": [1.0], "macro_f1": [1.0]} for n in ("16", "64")}
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    assert study.compare(fresh, tmp_path / "changed.json", tmp_path / "fresh") is False
+    text = (tmp_path / "fresh" / "comparison.md").read_text()
+    assert "DIFFERS from" in text and "half@16 0.50 vs 1.00" in text and "half@64" in text
+    assert study.compare(fresh, tmp_path / "missing.json", tmp_path / "fresh") is None
+
+
+def test_study_default_output_is_a_fresh_folder_not_the_reference():
+    study = load_study()
+    sweeps, args = study.parse_study(["--quick"])
+    folder = Path(sweeps[0].output_dir)
+    assert folder.parts[:2] == ("outputs", "study_quick_v2") and not sweeps[0].resume
+    assert "recipes/results" not in str(folder)
+
+
+def test_a_study_of_two_datasets_runs_seed_major_and_resumes(assets, tmp_path):
+    values = sweep_dict(assets, tmp_path, variants=("perfect", "half"), seeds=(0, 1))
+    values.pop("output_dir")
+    study = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "study"),
+        "sweep": values,
+        "datasets": {
+            "a": {"dataset": str(assets["reviews"])},
+            "b": {"dataset": str(assets["other"]), "long_documents": 0},
+        },
+    }
+    sweeps = study_sweeps(study)
+    assert [Path(s.output_dir).name for s in sweeps] == ["a", "b"] and sweeps[1].long_documents == 0
+    runner, finished, seeds_done = FakeRunner(), [], []
+    summaries = run_study(
+        sweeps,
+        runner=runner,
+        on_run_finished=lambda run, results: finished.append(Path(run.output_dir).relative_to(tmp_path / "study")),
+        on_seed_finished=lambda done: seeds_done.append(len(done)),
+    )
+    assert [str(p) for p in finished] == [
+        "a/runs/perfect_seed0", "a/runs/half_seed0", "b/runs/perfect_seed0", "b/runs/half_seed0",
+        "a/runs/perfect_seed1", "a/runs/half_seed1", "b/runs/perfect_seed1", "b/runs/half_seed1",
+    ]  # fmt: skip
+    assert seeds_done == [2, 2] and len(runner.calls) == 8
+    assert "over 80 tokens" in summaries[0]["analysis"] and list(summaries[1]["analysis"]) == ["all"]
+    with pytest.raises(FileExistsError):
+        run_study(study_sweeps(study), runner=runner)
+    run_study(study_sweeps(study, {"resume": True}), runner=runner)
+    assert len(runner.calls) == 8
+    assert best_variant(summaries[0]) == "perfect"
+    table = study_length_table(summaries)
+    assert "| a | 20 |" in table and "| b | 12 |" in table  # one row per dataset's test split
+
+
+def test_run_predictions_read_the_recipe_format_in_split_order():
+    result = {
+        "config": {"eval_mode": "chunked"},
+        "predictions": {"document_index": [2, 0, 1], "labels": [1, 0, 1], "single": {"16": [0, 0, 0]},
+                        "chunked": {"16": [1, 0, 0]}},
+    }  # fmt: skip
+    assert run_predictions(result) == {"16": [0, 0, 1]}
+    assert run_predictions({"config": {}, "metrics": {}}) is None
+
+
+def test_evaluation_documents_follow_the_test_split(assets, tmp_path):
+    from transformers import AutoTokenizer
+
+    run = RunConfig.from_dict({"model": str(assets["bert"]), "dataset": str(assets["reviews"]), "encoding": "alibi"})
+    documents = evaluation_documents(run, AutoTokenizer.from_pretrained(assets["bert"]))
+    test = classification_splits(run)[1]
+    assert documents["labels"] == list(test["label"])
+    assert documents["n_tokens"] == [len(text.split()) for text in test["text"]]  # one fixture word is one token
+
+
+def test_best_variant_is_saved_with_its_model_card(assets, tmp_path, capsys):
+    from hf_posenc.recipes.sweep import export_best_variant
+
+    values = sweep_dict(assets, tmp_path / "sweep", variants=("perfect", "wrong"), seeds=(0,))
+    summary = run_sweep(SweepConfig.from_dict(values), runner=FakeRunner())
+    # The stand-in rows carry labels; the export retrains the best one for real (two steps of the tiny model).
+    for run in summary["runs"]:
+        run["config"]["max_steps"] = 2
+    exported = export_best_variant(summary, tmp_path / "card", repo_id="someone/tiny-alibi")
+    assert exported["variant"] == "perfect"
+    folder = Path(exported["folder"])
+    assert (folder / "README.md").is_file() and (folder / "config.json").is_file()
+    assert "alibi" in (folder / "README.md").read_text().lower()
+    assert "someone/tiny-alibi" in capsys.readouterr().out  # the dry run says what it would upload
+
+
+def test_real_runs_predictions_give_every_cell_an_interval(assets, tmp_path):
+    values = sweep_dict(assets, tmp_path / "sweep", seeds=(0,), long_documents=0)
+    values["base"].update(max_steps=2, batch_size=8, pooling="mean")
+    values["variants"] = [
+        {"label": "single", "encoding": "alibi"},
+        {"label": "chunked", "encoding": "alibi", "eval_mode": "chunked", "chunk_window": 16},
+    ]
+    values["baseline_variant"] = "single"
+    summary = run_sweep(SweepConfig.from_dict(values))  # the real classification recipe, two steps each
+    intervals = summary["analysis"]["all"]["intervals"]["accuracy"]
+    for row in ("single", "chunked"):
+        for length in ("16", "64"):
+            found = intervals[row][length]
+            assert found["estimate"] == pytest.approx(summary["summary"][row][length]["accuracy"][0], abs=1e-4)
+            assert found["low"] <= found["estimate"] <= found["high"] and found["n_docs"] == 20
+    # At 16 tokens one chunk of 16 is the whole truncated document: both rows read the same tokens.
+    same = summary["analysis"]["all"]["differences"]["accuracy"]["chunked"]["16"]
+    assert same["estimate"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_driver_commits_only_the_finished_run_folder(tmp_path, monkeypatch):
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("run_study_tool", ROOT / "tools" / "run_study.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "t")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@example.org")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "t")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@example.org")
+    (repo / "other.txt").write_text("work in progress")
+    subprocess.run([*git, "add", "other.txt"], cwd=repo, check=True)  # staged, must stay out of the run's commit
+    run = repo / "study" / "runs" / "alibi_seed0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text("{}")
+    monkeypatch.setattr(driver, "ROOT", repo)
+    driver.commit([run], "study: run runs/alibi_seed0 finished")
+    driver.commit([run], "nothing new")  # nothing to commit: no second commit, no error
+    log = subprocess.run(["git", "log", "--format=%s", "--name-only"], cwd=repo, capture_output=True, text=True)
+    assert log.stdout.split() == [
+        "study:",
+        "run",
+        "runs/alibi_seed0",
+        "finished",
+        "study/runs/alibi_seed0/results.json",
+    ]
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True)
+    assert staged.stdout.split() == ["other.txt"]
