@@ -99,9 +99,7 @@ def check_safetensors(path: str | os.PathLike) -> Path:
                 if 8 + length + end > size:
                     problem = f"it holds {size:,} bytes of the {8 + length + end:,} its header announces"
     if problem:
-        raise ValueError(
-            f"{path} is incomplete or corrupt ({problem}). Download or save the checkpoint again."
-        )
+        raise ValueError(f"{path} is incomplete or corrupt ({problem}). Download or save the checkpoint again.")
     return path
 
 

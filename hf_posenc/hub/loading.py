@@ -44,7 +44,7 @@ from ..config_form import (
 )
 from ..patching import patch_model
 from ..record import CONFIG_KEY, PatchRecord, StackRecord, read_record, write_record
-from ..state import PositionMap, ensure_buffers, installed_tables, remember_hook
+from ..state import PositionMap, ensure_buffers, installed_tables, mark_loaded, remember_hook
 from .files import check_local_source
 from .format import (
     LoadPlan,
@@ -516,6 +516,7 @@ def _finish(model: PreTrainedModel, folder: Path, name_or_path, device) -> PreTr
     """A loaded model has no original table to restore: `unpatch_model` must refuse rather than restore random rows."""
     for table in installed_tables(model):
         table.forget_original()
+    mark_loaded(model)
     if model.can_generate() and (folder / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
     model.config._name_or_path = str(name_or_path)
