@@ -314,7 +314,8 @@ def unpatch_model(model: nn.Module) -> nn.Module:
 
     A table that the patch replaced comes back as it was, and so does the `model_max_length` of a tokenizer given
     to `patch_model(max_length=..., tokenizer=...)` (if it is still alive). A model loaded from a patched checkpoint
-    has no original table to restore, and `unpatch_model` raises a `ValueError` for it instead of leaving a model without positions.
+    has no original table to restore, and `unpatch_model` raises a `ValueError` for it instead of leaving a model
+    without positions.
     """
     if read_record(getattr(model, "config", None)) is None:
         raise ValueError("This model is not patched by hf_posenc.")
