@@ -168,8 +168,9 @@ def is_sentence_transformers(folder: str | os.PathLike) -> bool:
 def update_max_seq_length(folder: str | os.PathLike, max_length: int) -> bool:
     """Set `max_seq_length` in a sentence-transformers folder's `sentence_bert_config.json` to `max_length`.
 
-    sentence-transformers truncates to this value (all-MiniLM-L6-v2 ships 256), whatever the tokenizer allows.
-    Returns False, and writes nothing, when the folder has no such file. The file is rewritten atomically.
+    sentence-transformers before 6 truncates to this value (all-MiniLM-L6-v2 ships 256), whatever the tokenizer
+    allows; from version 6 on the file has no such key and the tokenizer's `model_max_length` is the limit. Returns
+    False, and writes nothing, when the folder has no such file or key. The file is rewritten atomically.
     """
     max_length = check_max_length(max_length)
     path = Path(folder) / SENTENCE_TRANSFORMERS_CONFIG
@@ -178,6 +179,8 @@ def update_max_seq_length(folder: str | os.PathLike, max_length: int) -> bool:
     settings = read_json(path)
     if not isinstance(settings, dict):
         raise ValueError(f"{path} is not a JSON object: the file is corrupt.")
+    if "max_seq_length" not in settings:
+        return False
     settings["max_seq_length"] = max_length
     write_json_atomic(path, settings)
     return True
