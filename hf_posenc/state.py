@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .architectures import StackSpec, architecture_for, get_submodule, present_stacks, set_submodule
-from .attention import BACKEND, detach
+from .attention import BACKEND, attached, detach
 from .config_form import patched_config_class, unpatched_config_class
 from .encodings import EncodingSpec, PositionContext, PositionEncoding, SinusoidalAbsolute, StackDims
 from .record import read_record, write_record
@@ -126,24 +126,30 @@ def is_position_parameter(name: str) -> bool:
 
 
 def _warn_if_frozen(stack_module: nn.Module) -> bool:
-    """Warn (and return True) when the stack's position parameters are all frozen while some other parameter
-    trains: the relative tables would stay at their initialization (e.g. zeros) through training."""
-    frozen, training = [], False
-    for name, parameter in stack_module.named_parameters():
-        if is_position_parameter(name):
+    """Warn (and return True) when the position parameters that the stack's attention uses are all frozen while some
+    other parameter trains: the new position terms would stay at their initialization (e.g. zeros) through training.
+
+    The parameters are those of the encodings attached to the attention modules, the ones the backend runs: a copy
+    that peft's `modules_to_save` makes trainable is not attached, so it does not count.
+    """
+    used = {id(p) for module in stack_module.modules() if attached(module) for p in attached(module)[0].parameters()}
+    names, training = [], False
+    for name, parameter in stack_module.named_parameters(remove_duplicate=False):
+        if id(parameter) in used:
             if parameter.requires_grad:
                 return False
-            frozen.append(name)
+            names.append(name)
         else:
             training = training or parameter.requires_grad
-    if not (frozen and training):
+    if not (names and training):
         return False
-    shown = ", ".join(frozen[:4]) + (f" and {len(frozen) - 4} more" if len(frozen) > 4 else "")
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     warnings.warn(
         f"hf_posenc: the freshly initialized position parameters ({shown}) are frozen while other parameters train, "
-        "so the new position encoding never learns (a peft LoRA config freezes every parameter it does not target; "
-        "its modules_to_save copies are not the ones the attention backend uses). Make them trainable after "
-        "get_peft_model: `for p in hf_posenc.position_parameters(model).values(): p.requires_grad_(True)`.",
+        "so the new position encoding never learns. A peft LoRA config freezes every parameter it does not target, "
+        "and the copies that its modules_to_save trains are not the ones the attention backend runs. Make them "
+        "trainable after get_peft_model: `for p in hf_posenc.position_parameters(model).values(): "
+        "p.requires_grad_(True)` (save with `model.merge_and_unload().save_pretrained(...)`, which keeps them).",
         FrozenPositionsWarning,
         stacklevel=2,
     )
@@ -160,17 +166,9 @@ def mark_loaded(model: nn.Module) -> None:
 
 def position_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The learned position-encoding parameters a patch installed on `model` (name -> parameter), e.g. to make them
-    trainable under a peft LoRA config, which freezes every parameter it does not target."""
+    trainable under a peft LoRA config, which freezes every parameter it does not target (peft's `modules_to_save`
+    does not help: its trainable copies are not the modules the attention backend runs)."""
     return {name: p for name, p in model.named_parameters() if is_position_parameter(name)}
-
-
-def position_modules(model: nn.Module) -> list[str]:
-    """The names of the modules that hold `position_parameters(model)` (the `posenc` submodules)."""
-    return [
-        name
-        for name, module in model.named_modules()
-        if name.split(".")[-1] == "posenc" and any(True for _ in module.parameters())
-    ]
 
 
 TOKENIZER_ATTRIBUTE = "_posenc_tokenizer_limit"
@@ -340,7 +338,6 @@ __all__ = [
     "is_position_parameter",
     "mark_loaded",
     "own_config",
-    "position_modules",
     "position_parameters",
     "present_stacks",
     "release_config",

@@ -444,8 +444,6 @@ def test_position_parameters_names_what_the_patch_installed():
     parameters = hf_posenc.position_parameters(model)
     assert parameters and all(".posenc." in name for name in parameters)
     assert set(parameters) == {n for n, _ in model.named_parameters() if "posenc" in n}
-    modules = hf_posenc.position_modules(model)
-    assert modules and all(name.endswith("posenc") for name in modules)
     assert hf_posenc.position_parameters(tiny_model("bert")) == {}
 
 
@@ -471,6 +469,18 @@ def test_peft_lora_warns_once_about_frozen_fresh_position_parameters_and_the_fix
         warnings.simplefilter("error", FrozenPositionsWarning)
         lora(**batch).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parameters.values())
+
+
+def test_peft_modules_to_save_copies_do_not_silence_the_warning():
+    """peft's trainable copy of a `posenc` module is not what the attention backend runs: the warning still fires."""
+    peft = pytest.importorskip("peft")
+    model = hf_posenc.patch_model(tiny_model("bert", "BertForSequenceClassification"), "t5")
+    modules = sorted({name.rsplit(".posenc.", 1)[0] + ".posenc" for name in hf_posenc.position_parameters(model)})
+    config = peft.LoraConfig(r=4, target_modules=["query", "value"], modules_to_save=modules)
+    lora = peft.get_peft_model(model, config)
+    lora.train()
+    with pytest.warns(FrozenPositionsWarning, match="modules_to_save"):
+        lora(input_ids=token_ids(2, 16), labels=torch.tensor([0, 1])).loss.backward()
 
 
 def test_no_warning_for_loaded_position_parameters_or_eval(tmp_path):

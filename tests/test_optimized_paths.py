@@ -326,8 +326,7 @@ def test_bench_checks_targets_and_renders_markdown():
     results["targets"] = bench.check_targets(results)
     markdown = bench.render_markdown(results)
     assert (
-        "## Targets: 3 of 5 met" in markdown
-        and "| forward | nezha | minilm | 512 | 1.60 | 1.5 | **no** |" in markdown
+        "## Targets: 3 of 5 met" in markdown and "| forward | nezha | minilm | 512 | 1.60 | 1.5 | **no** |" in markdown
     )
 
 
