@@ -284,6 +284,16 @@ def test_truncated_plain_checkpoint_is_named(tmp_path):
         hf_posenc.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+def test_a_truncated_tokenizer_file_is_named_not_dropped(tmp_path, capsys, name):
+    folder = bert_checkpoint(tmp_path / "ckpt")
+    truncate(folder / name, keep=0.5)
+    assert cli.main(["patch", str(folder), str(tmp_path / "out"), "--encoding", "rope", "--replace"]) == 2
+    error = capsys.readouterr().err
+    assert f"{name} is not valid JSON" in error and len(error_lines(error)) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_truncated_json_is_named(tmp_path, capsys):
     folder = bert_checkpoint(tmp_path / "ckpt")
     truncate(folder / "config.json", keep=0.5)
@@ -317,6 +327,7 @@ def test_a_hub_id_that_is_not_local_says_it_downloads_then_fails_in_one_line(tmp
     error = capsys.readouterr().err
     assert error.index("downloading it from the Hugging Face Hub") < error.index("error:")
     assert len(error_lines(error)) == 2 and "unreachable" in error and offline_hub == ["snapshot_download"]
+    assert "not a local folder (./missing_dir does not exist)" in error
 
 
 def test_dry_run_stays_offline_and_a_real_push_says_it_contacts_the_hub(tmp_path, capsys, offline_hub):

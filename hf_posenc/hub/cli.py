@@ -32,6 +32,7 @@ from .files import (
     check_local_source,
     check_output_folder,
     copy_sentence_transformers_files,
+    read_json,
     update_max_seq_length,
 )
 from .format import LoadPlan, read_config, saved_architecture, weight_files
@@ -140,10 +141,24 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, None if value == "None" else value
 
 
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "vocab.txt", "vocab.json")
+
+
 def tokenizer_of(checkpoint: str | os.PathLike):
+    """The checkpoint's tokenizer, or None when it has no tokenizer files; a broken tokenizer file is an error that
+    names it (a patched checkpoint must not silently lose its tokenizer)."""
+    folder = Path(checkpoint)
+    if folder.is_dir():
+        present = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+        if not present:
+            return None
+        for path in present:
+            if path.suffix == ".json":
+                read_json(path)  # names a truncated file
+        return AutoTokenizer.from_pretrained(checkpoint)
     try:
         return AutoTokenizer.from_pretrained(checkpoint)
-    except (OSError, ValueError, TypeError):  # a checkpoint without tokenizer files
+    except (OSError, ValueError, TypeError):  # a Hub checkpoint without tokenizer files
         return None
 
 
@@ -188,7 +203,15 @@ def _cli_patch(args: argparse.Namespace) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint)
     output = check_output_folder(args.output, checkpoint if Path(checkpoint).is_dir() else None)
     source = _source("patch", checkpoint)
-    model, tokenizer = from_pretrained(checkpoint), tokenizer_of(checkpoint)
+    try:
+        model, tokenizer = from_pretrained(checkpoint), tokenizer_of(checkpoint)
+    except OSError as error:
+        if source is not None:
+            raise
+        raise FileNotFoundError(
+            f"{checkpoint} is not a local folder (./{checkpoint} does not exist), and the Hugging Face Hub did not "
+            f"provide it ({' '.join(str(error).split())}). Check the path, or the Hub id and your connection."
+        ) from error
     by_name = any(isinstance(v, str) for v in requests.values())
     by_name = by_name or (args.encoding is not None and any(s.name not in requests for s in present_stacks(model)))
     patch_model(
