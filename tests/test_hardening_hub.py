@@ -185,11 +185,16 @@ def test_new_head_is_initialized_and_reported_like_transformers(tmp_path, caplog
             assert torch.equal(tensor, expected[key]), key
 
 
-def test_sequence_checkpoint_as_token_classification_without_new_labels(tmp_path):
-    folder = bert_checkpoint(tmp_path)
-    model = tf.AutoModelForTokenClassification.from_pretrained(folder)
-    assert type(model) is tf.BertForTokenClassification
-    assert model(input_ids=token_ids(1, 12)).logits.shape == (1, 12, 2)
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_sequence_checkpoint_as_token_classification(tmp_path, model_type):
+    sequence = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification"}[model_type]
+    model = hf_posenc.patch_model(tiny_model(model_type, sequence), "t5")
+    model.save_pretrained(tmp_path)
+    token = tf.AutoModelForTokenClassification.from_pretrained(tmp_path)
+    assert type(token).__name__ == sequence.replace("Sequence", "Token")
+    assert token(input_ids=token_ids(1, 12)).logits.shape == (1, 12, 2)
+    five = tf.AutoModelForTokenClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert five(input_ids=token_ids(1, 12)).logits.shape == (1, 12, 5)
 
 
 def test_loading_options_of_transformers_are_accepted(tmp_path):

@@ -166,8 +166,8 @@ def _source(command: str, checkpoint: str) -> Path | None:
     """The local folder of a checkpoint argument, or None for a Hub id (saying on stderr that it is downloaded)."""
     folder = check_local_source(checkpoint)
     if folder is None:
-        print(f"hf-posenc {command}: {checkpoint} is not a local folder: downloading it from the Hugging Face Hub.",
-              file=sys.stderr)  # fmt: skip
+        notice = f"{checkpoint} is not a local folder: downloading it from the Hugging Face Hub."
+        print(f"hf-posenc {command}: {notice}", file=sys.stderr)
     return folder
 
 
