@@ -15,7 +15,7 @@ Either way every limit moves with it: `config.max_position_embeddings` (it sizes
 them: raised when a table grows, kept when positions are mapped, raised to the new limit when no stack keeps a table),
 BERT-style `position_ids` / `token_type_ids` buffers, BART's `max_source_positions` / `max_target_positions`, the
 tokenizer's `model_max_length`, and `config.posenc` (each changed stack records `max_length`; a learned stack's
-`options.init` says how its rows were made). `hf_posenc.hub.files.update_max_seq_length` updates a
+`options.init` says how its rows were made). `hf_posenc.hub.folders.update_max_seq_length` updates a
 sentence-transformers folder.
 Encodings without a table (sinusoidal, relative) run at any length: `max_length` then only updates this bookkeeping.
 """

@@ -20,7 +20,7 @@ from tiny_models import tiny_model, token_ids
 
 import hf_posenc
 from hf_posenc import cli
-from hf_posenc.hub import files
+from hf_posenc.hub import folders as files
 from hf_posenc.state import FrozenPositionsWarning
 
 # ---------------------------------------------------------------------------------------------------------------------

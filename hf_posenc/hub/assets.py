@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import write_text_atomic
+from .folders import write_text_atomic
 
 __all__ = [
     "MINILM_NAMES",

@@ -28,7 +28,7 @@ from ..extension import check_init, check_max_length, extend_positions, make_por
 from ..patching import patch_model, patch_spec
 from ..record import CONFIG_KEY, StackRecord
 from .assets import resolve_checkpoint
-from .files import (
+from .folders import (
     check_local_source,
     check_output_folder,
     copy_sentence_transformers_files,

@@ -33,7 +33,7 @@ from ..config_form import (
     is_portable,
 )
 from ..record import CONFIG_KEY, PatchRecord, StackRecord
-from .files import check_safetensors, read_json
+from .folders import check_safetensors, read_json
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"

@@ -45,7 +45,7 @@ from ..config_form import (
 from ..patching import patch_model
 from ..record import CONFIG_KEY, PatchRecord, StackRecord, read_record, write_record
 from ..state import PositionMap, ensure_buffers, installed_tables, mark_loaded, remember_hook
-from .files import check_local_source
+from .folders import check_local_source
 from .format import (
     LoadPlan,
     is_patched,

@@ -23,7 +23,7 @@ from ..patching import patch_spec
 from ..record import PatchRecord, read_record
 from ..version import __version__
 from .assets import MINILM_NAMES
-from .files import copy_sentence_transformers_files, write_text_atomic
+from .folders import copy_sentence_transformers_files, write_text_atomic
 from .format import POSENC_PREFIX, auto_targets
 from .provenance import format_mean_std
 
