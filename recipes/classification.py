@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from hf_posenc.recipes.classification import classification_dataloaders, run_classification
-from hf_posenc.recipes.cli import recipe_parser, settings_from_args
+from hf_posenc.recipes.cli import recipe_parser, settings_from_args, stopped_message
 from hf_posenc.recipes.settings import RunConfig
 
 
@@ -36,9 +36,15 @@ def get_dataloaders(run: RunConfig, tokenizer):
 def main(argv: list[str] | None = None) -> dict:
     # train -> evaluate -> write results: hf_posenc.recipes.classification.run_classification.
     results = run_classification(parse_args(argv), get_dataloaders=get_dataloaders)
-    print(f"results in {results['config']['output_dir']}: {results.get('metrics')}")
+    if "metrics" not in results:
+        print(stopped_message(results))
+    else:
+        print(f"results in {results['config']['output_dir']}: {results['metrics']}")
     return results
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, TypeError, FileNotFoundError) as error:  # one line naming the file and the fix
+        sys.exit(f"{sys.argv[0]}: error: {error}")

@@ -177,7 +177,7 @@ def test_unusable_test_split_falls_back_to_validation(monkeypatch):
 def test_bad_inputs(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")
-    with pytest.raises(ValueError, match="is it empty"):
+    with pytest.raises(ValueError, match="has a header .* but no examples"):
         data.load_text_classification(empty)
     with pytest.raises(FileNotFoundError):
         data.load_text_classification(tmp_path / "missing.csv")

@@ -22,7 +22,7 @@ from .data import base_model_name, dataset_info, load_text_classification, resol
 from .mlm import adapt_mlm
 from .results import environment, git_revision, write_run_results
 from .settings import RunConfig
-from .training import apply_encoding, check_lengths, fit, load_pretrained, make_accelerator
+from .training import apply_encoding, check_lengths, check_resume, fit, load_pretrained, make_accelerator
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model: the checkpoint's classification head, or a mean-pooled linear head
@@ -247,6 +247,7 @@ def run_classification(
     checkpoint = resolve_checkpoint(run.model)
     config = AutoConfig.from_pretrained(checkpoint)
     check_lengths(config, run, [run.train_length, *run.eval_lengths, *run.mlm_eval_lengths])
+    check_resume(run, Path(run.output_dir) / "checkpoints")
     accelerator = make_accelerator(run)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     train_loader, loaders, facts = get_dataloaders(run, tokenizer)

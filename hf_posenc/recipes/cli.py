@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
 from pathlib import Path
 from typing import Any
 
 from transformers import HfArgumentParser
 
+from ..hub.files import read_json
 from .classification import run_classification
 from .results import write_run_results
 from .settings import RunConfig, Settings, SweepConfig
 from .sweep import render, run_sweep
 
-__all__ = ["FieldDefault", "recipe_parser", "register_cli", "settings_from_args", "settings_parser"]
+__all__ = [
+    "FieldDefault",
+    "recipe_parser",
+    "register_cli",
+    "settings_from_args",
+    "settings_parser",
+    "stopped_message",
+]
 
 
 class FieldDefault:
@@ -93,7 +100,9 @@ def settings_from_args(args: argparse.Namespace, cls: type[Settings]) -> Any:
     given = {name: value for name, value in given.items() if not isinstance(value, FieldDefault)}
     from_file = {}
     if getattr(args, "config", None):
-        from_file = json.loads(Path(args.config).read_text())
+        from_file = read_json(args.config, "Pass a JSON object of settings fields to --config.")
+        if not isinstance(from_file, dict):
+            raise ValueError(f"{args.config} must hold a JSON object of settings fields.")
         try:
             cls.check_keys(from_file)
         except ValueError as error:
@@ -135,8 +144,21 @@ def register_cli(subparsers) -> None:
     report.set_defaults(func=_cli_report)
 
 
+def stopped_message(results: dict) -> str:
+    """Where a run stopped by `stop_after` stopped, its checkpoint, and the command-line change that resumes it."""
+    train = results["train"]
+    return (
+        f"Stopped after step {train['completed_steps']} of {train['total_steps']} (stop_after); checkpoint: "
+        f"{train.get('checkpoint')}. Not evaluated, so no results.md. To continue, run the same command with "
+        "--resume_from latest (and without --stop_after, or with a later step)."
+    )
+
+
 def _cli_train(args: argparse.Namespace) -> int:
     results = run_classification(settings_from_args(args, RunConfig))
+    if "metrics" not in results:
+        print(stopped_message(results))
+        return 0
     print((Path(results["config"]["output_dir"]) / "results.md").read_text())
     return 0
 
@@ -149,9 +171,12 @@ def _cli_sweep(args: argparse.Namespace) -> int:
 
 def _cli_report(args: argparse.Namespace) -> int:
     path = Path(args.results)
-    if not path.is_file():
-        raise FileNotFoundError(f"No results file at {path}.")
-    results = json.loads(path.read_text())
+    results = read_json(path, "Pass a results.json written by `hf-posenc train` or `sweep`.")
+    if not isinstance(results, dict) or ("config" not in results and results.get("kind") != "sweep"):
+        raise ValueError(f"{path} is not a results.json written by `hf-posenc train` or `sweep`.")
+    if "metrics" not in results and results.get("kind") != "sweep":
+        print(stopped_message(results))
+        return 0
     if results.get("kind") == "sweep":
         render(results, path.parent)
     else:

@@ -15,10 +15,12 @@ import bz2
 import csv
 import difflib
 import html
+import json
 import os
 import re
 import sys
 import tarfile
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -338,8 +340,65 @@ def _load_local(path: Path) -> DatasetDict:
     builder, options = _LOCAL_FORMATS[Path(next(iter(data_files.values()))[0]).suffix.lower()]
     try:
         return datasets.load_dataset(builder, data_files=data_files, **options)
-    except ValueError as error:  # an empty file reads as `Instruction "train" corresponds to no data!`
-        raise ValueError(f"Could not read examples from {path}; is it empty? ({error})") from error
+    except Exception as error:  # datasets wraps the reader's error (pandas, pyarrow, json) in its own
+        for file in (Path(f) for files in data_files.values() for f in files):
+            problem = _diagnose_file(file)
+            if problem:
+                raise ValueError(problem) from error
+        raise ValueError(f"Could not read examples from {path}: {_root_cause(error)}") from error
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _diagnose_file(path: Path) -> str | None:
+    """Why a local data file cannot be read (empty, not UTF-8, a malformed JSON line), naming it and the line."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return None
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except UnicodeDecodeError as error:
+                return (
+                    f"{path} is not UTF-8 text (line {number}, byte {error.start} of the line); re-save it as UTF-8 "
+                    "(e.g. `iconv -f latin1 -t utf-8`)."
+                )
+    content = [line for line in lines if line.strip()]
+    if not content:
+        return f"{path} is empty; it needs a header row and one example per row (CSV) or one JSON object per line."
+    if suffix in (".csv", ".tsv") and len(content) == 1:
+        return f"{path} has a header ({content[0].strip()[:80]!r}) but no examples."
+    if suffix == ".json":
+        try:
+            json.loads("".join(lines))
+            return None
+        except json.JSONDecodeError as error:
+            if not _is_json(content[0]):  # one JSON document, not JSON lines in a .json file
+                return f"{path} line {error.lineno} is not valid JSON ({error.msg} at column {error.colno})."
+    if suffix in (".json", ".jsonl"):
+        for number, line in enumerate(lines, start=1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError as error:
+                return (
+                    f"{path} line {number} is not valid JSON ({error.msg} at column {error.colno}); fix or remove it."
+                )
+    return None
 
 
 def _load_hub(name: str, subset: str | None) -> DatasetDict:
@@ -385,9 +444,10 @@ def _pick_column(columns: list[str], given: str | None, candidates: Sequence[str
 
 
 def _select_columns(
-    raw: DatasetDict, text_column: str | None, label_column: str | None, need_label: bool
+    raw: DatasetDict, text_column: str | None, label_column: str | None, need_label: bool, source: str = "data"
 ) -> DatasetDict:
-    """Keep the text (and label) columns of every split, renamed to `text` and `label`."""
+    """Keep the text (and label) columns of every split, renamed to `text` and `label`; drop incomplete rows
+    (with a warning naming them when labels are needed: running text drops empty paragraphs by design)."""
     columns = raw[next(iter(raw))].column_names
     text = _pick_column(columns, text_column, _TEXT_COLUMNS, "text")
     label = _pick_column(columns, label_column, _LABEL_COLUMNS, "label")
@@ -406,9 +466,55 @@ def _select_columns(
         raise TypeError(f"The text column {text!r} must hold strings, not {dtype or 'nested values'}.")
     keep = {text: "text", label: "label"} if label is not None else {text: "text"}
     selected = raw.select_columns(list(keep)).rename_columns({k: v for k, v in keep.items() if k != v})
-    if not any(split.data.column(c).null_count for split in selected.values() for c in keep.values()):
-        return selected  # the common case: no missing values, so no pass over the data
-    return selected.filter(lambda batch: [None not in row for row in zip(*batch.values())], batched=True)
+    return _drop_incomplete_rows(selected, source, warn=need_label)
+
+
+def _missing(values) -> Any:
+    """An arrow mask of the values that are missing: null, or (strings) empty after trimming whitespace."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    mask = pc.is_null(values)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        mask = pc.or_(mask, pc.equal(pc.utf8_trim_whitespace(values), ""))
+    return pc.fill_null(mask, True)
+
+
+def _drop_incomplete_rows(data: DatasetDict, source: str, warn: bool = True) -> DatasetDict:
+    """Drop rows with empty text or no label, warning with the count and the first row numbers of each kind.
+
+    Dropping (with a warning) rather than refusing: exports of real corpora often hold a few empty rows, and a
+    model cannot learn from them; the warning says how many were dropped so that a broken file is noticed. A split
+    left empty is an error.
+    """
+    import numpy as np
+
+    for name, split in data.items():
+        columns = split.with_format("arrow")[:]
+        masks = {c: np.asarray(_missing(columns.column(c)).to_numpy(zero_copy_only=False)) for c in split.column_names}
+        drop = np.logical_or.reduce(list(masks.values())) if masks else np.zeros(len(split), dtype=bool)
+        if not drop.any():
+            continue
+        if drop.all() and warn and name == "train":  # an unlabelled test split is replaced by a split of train
+            raise ValueError(
+                f"Every row of the {name} split of {source!r} has an empty text or no label ({len(split)} rows)."
+            )
+        reasons = []
+        for column, mask in masks.items():
+            rows = np.flatnonzero(mask) + 1
+            if len(rows):
+                shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+                what = "an empty text" if column == "text" else "no label"
+                reasons.append(f"{len(rows)} with {what} (rows {shown})")
+        if warn:
+            warnings.warn(
+                f"Dropped {int(drop.sum())} of {len(split)} rows of the {name} split of {source!r}: "
+                f"{'; '.join(reasons)}. Rows are numbered from 1, header excluded.",
+                UserWarning,
+                stacklevel=2,
+            )
+        data[name] = split.select(np.flatnonzero(~drop))
+    return data
 
 
 def _has_labels(split: Dataset) -> bool:
@@ -514,7 +620,8 @@ def load_text_classification(
     spec = OFFLINE_DATASETS.get(DATASET_ALIASES.get(str(name_or_path), str(name_or_path)))
     if spec is not None and spec.task != "classification":
         raise ValueError(f"{name_or_path!r} is {spec.task.replace('_', ' ')} without labels: use load_running_text.")
-    raw = _select_columns(_load_raw(name_or_path, subset), text_column, label_column, need_label=True)
+    raw = _load_raw(name_or_path, subset)
+    raw = _select_columns(raw, text_column, label_column, need_label=True, source=str(name_or_path))
     data = _classification_splits(raw, test_size, seed)
     for name, split in data.items():
         data[name] = _subsample(split, max_examples, seed)
@@ -551,7 +658,9 @@ def load_running_text(
         A `datasets.Dataset` with one column, `text`.
     """
     _check_split_args(test_size, seed, max_examples)
-    raw = _select_columns(_load_raw(name_or_path, subset), text_column, None, need_label=False)
+    raw = _select_columns(
+        _load_raw(name_or_path, subset), text_column, None, need_label=False, source=str(name_or_path)
+    )
     if "label" in raw[next(iter(raw))].column_names:
         texts = _classification_splits(raw, test_size, seed)["train"].select_columns(["text"])
     else:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..hub.files import atomic_write
 from .data import load_running_text, resolve_checkpoint, special_tokens
 from .results import environment, markdown_table, write_json
 from .settings import RunConfig
@@ -215,7 +216,7 @@ def run_mlm_adaptation(run: RunConfig) -> dict:
         tables = (
             [markdown_table(summary, lengths, metric) for metric in ("mlm_loss", "mlm_accuracy")] if lengths else []
         )
-        (folder / "results.md").write_text(
-            f"# MLM adaptation: {run.variant} on {run.mlm_dataset}\n\n" + "\n".join(tables)
+        atomic_write(
+            folder / "results.md", f"# MLM adaptation: {run.variant} on {run.mlm_dataset}\n\n" + "\n".join(tables)
         )
     return record

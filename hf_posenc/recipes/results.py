@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..hub.files import atomic_path, atomic_write
 from ..hub.provenance import environment as base_environment
 from ..hub.provenance import format_mean_std, git_revision, mean_std
 
@@ -46,18 +47,23 @@ def environment(accelerator=None) -> dict[str, Any]:
 
 
 def write_json(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    """Write `data` as indented JSON, atomically (a killed process leaves the old file or the new one)."""
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_run_results(results: dict, folder: Path) -> None:
-    """`results.json` and `results.md` (one row: the run's variant) for a single run."""
+    """`results.json` and `results.md` (one row: the run's variant) for a single run.
+
+    A run without metrics (stopped early) removes a `results.md` left by an earlier run in the folder, which would
+    otherwise describe a model that this `results.json` does not."""
     write_json(results, folder / "results.json")
-    if "metrics" in results:
+    if "metrics" not in results:
+        (folder / "results.md").unlink(missing_ok=True)
+    else:
         summary = {results["variant"]: {n: {k: [v] for k, v in m.items()} for n, m in results["metrics"].items()}}
         lengths = [int(n) for n in results["metrics"]]
         text = run_markdown(results, summary, lengths)
-        (folder / "results.md").write_text(text)
+        atomic_write(folder / "results.md", text)
 
 
 def run_markdown(results: dict, summary: dict, lengths: list[int]) -> str:
@@ -143,6 +149,6 @@ def plot(
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(figure)

@@ -24,7 +24,7 @@ from ..patching import patch_model, patch_spec
 from .data import dataset_info, load_running_text, resolve_checkpoint, special_tokens
 from .results import environment, write_json
 from .settings import Seq2SeqConfig
-from .training import fit, make_accelerator
+from .training import check_resume, fit, make_accelerator
 
 NOT_PRETRAINED = (
     "NOT pretrained BART: a small BART trained from scratch here (shared embeddings warm-started from "
@@ -232,6 +232,7 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     started = time.perf_counter()
     if run.task not in OFFLINE_TASKS and run.task.startswith(("copy", "reverse")):
         raise ValueError(f"Unknown offline task {run.task!r}; offline tasks are {OFFLINE_TASKS}.")
+    check_resume(run, Path(run.output_dir) / "checkpoints")
     accelerator = make_accelerator(run)
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(run.tokenizer))
     train_loader, loaders = get_dataloaders(run, tokenizer)

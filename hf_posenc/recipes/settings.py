@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from ..hub.files import read_json
+
 __all__ = [
     "SWEEP_KINDS",
     "JsonDict",
@@ -24,6 +26,8 @@ __all__ = [
     "Settings",
     "SweepConfig",
     "TrainingSettings",
+    "RESUME_MAY_DIFFER",
+    "settings_differences",
     "slug",
 ]
 
@@ -79,10 +83,21 @@ class Settings:
     @classmethod
     def from_file(cls: type[S], path: str | Path) -> S:
         """Build the settings from a JSON file (see `from_dict`)."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        values = read_json(path, f"Pass a JSON object of {cls.__name__} fields.")
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a JSON object of {cls.__name__} fields, not {type(values).__name__}.")
+        return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "fp8")
+
+
+def _field_default(cls: type, name: str) -> Any:
+    item = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return None if item.default is dataclasses.MISSING else item.default
 
 
 @dataclass
@@ -115,6 +130,57 @@ class TrainingSettings(Settings):
     stop_after: int | None = _option(None, "stop after this many steps, writing a checkpoint (simulates a kill)")
     report_to: str | None = _option(None, 'an Accelerate tracker, e.g. "tensorboard" or "wandb"')
     progress: bool = _option(True, "show progress bars")
+
+    positive_ints: ClassVar[tuple[str, ...]] = (
+        "train_length",
+        "epochs",
+        "max_steps",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "checkpoint_every",
+        "stop_after",
+    )
+    """Fields that must be an int >= 1 (or None where the default is None)."""
+    non_negative_ints: ClassVar[tuple[str, ...]] = ("seed", "data_seed")
+    non_negative_floats: ClassVar[tuple[str, ...]] = ("weight_decay", "max_grad_norm")
+    positive_floats: ClassVar[tuple[str, ...]] = ("learning_rate",)
+    length_lists: ClassVar[tuple[str, ...]] = ("eval_lengths",)
+    """Fields that must be a non-empty list of ints >= 1."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a TypeError or ValueError naming the first invalid field: a run that cannot train (`max_steps=-1`,
+        `batch_size=0`, ...) is refused before anything is loaded, rather than reported as a result of 0 steps."""
+        for name in self.positive_ints + self.non_negative_ints:
+            value = getattr(self, name)
+            if value is None and _field_default(type(self), name) is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}.")
+            if value < (1 if name in self.positive_ints else 0):
+                bound = "at least 1" if name in self.positive_ints else "at least 0"
+                raise ValueError(f"{name} must be {bound}, got {value}.")
+        for name in self.positive_floats + self.non_negative_floats:
+            value = getattr(self, name)
+            if value is None and _field_default(type(self), name) is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise TypeError(f"{name} must be a number, got {value!r}.")
+            if value < 0 or (name in self.positive_floats and value == 0):
+                bound = "positive" if name in self.positive_floats else "at least 0"
+                raise ValueError(f"{name} must be {bound}, got {value}.")
+        for name in self.length_lists:
+            values = getattr(self, name)
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{name} must be a non-empty list of lengths, got {values!r}.")
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name} must hold ints >= 1, got {values!r}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}.")
 
     @property
     def variant(self) -> str:
@@ -150,6 +216,32 @@ class RunConfig(TrainingSettings):
     mlm_probability: float = _option(0.15, "fraction of the tokens masked")
     mlm_eval_lengths: list[int] = _option([], "lengths at which masked-LM loss and accuracy are measured")
     mlm_max_eval_chunks: int = _option(32, "held-out chunks per masked-LM evaluation length")
+
+    positive_ints = TrainingSettings.positive_ints + (
+        "max_length",
+        "max_train_examples",
+        "max_eval_examples",
+        "eval_tokens_per_batch",
+        "mlm_length",
+        "mlm_batch_size",
+        "mlm_max_eval_chunks",
+    )
+    non_negative_ints = TrainingSettings.non_negative_ints + ("mlm_steps",)
+    positive_floats = TrainingSettings.positive_floats + ("head_learning_rate", "mlm_learning_rate")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.mlm_eval_lengths and any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.mlm_eval_lengths
+        ):
+            raise ValueError(f"mlm_eval_lengths must hold ints >= 1, got {self.mlm_eval_lengths!r}.")
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability!r}.")
+        if isinstance(self.test_size, bool) or not (
+            (isinstance(self.test_size, float) and 0 < self.test_size < 1)
+            or (isinstance(self.test_size, int) and self.test_size >= 1)
+        ):
+            raise ValueError(f"test_size must be a float in (0, 1) or an int >= 1, got {self.test_size!r}.")
 
     @property
     def variant(self) -> str:
@@ -189,6 +281,17 @@ class Seq2SeqConfig(TrainingSettings):
     layers: int = _option(2, "encoder and decoder layers each")
     heads: int = _option(6, "attention heads")
     ffn_dim: int = _option(768, "feed-forward width")
+
+    positive_ints = TrainingSettings.positive_ints + (
+        "max_target_length",
+        "train_examples",
+        "eval_examples",
+        "eval_batch_size",
+        "d_model",
+        "layers",
+        "heads",
+        "ffn_dim",
+    )
 
 
 SWEEP_KINDS = ("classification", "seq2seq")
@@ -240,3 +343,32 @@ class SweepConfig(Settings):
 def slug(text: str) -> str:
     """A folder name for a variant label."""
     return re.sub(r"[^A-Za-z0-9.=@+-]+", "_", text).strip("_")
+
+
+RESUME_MAY_DIFFER = frozenset(
+    {
+        "resume_from",  # the resumed run names the checkpoint; the interrupted one did not
+        "stop_after",  # where the interrupted run stopped (or where the next part stops): not the run itself
+        "checkpoint_every",  # saving reads the state without changing it, so the trajectory is the same
+        "output_dir",  # a run folder may be moved or copied before it is resumed
+        "progress",  # display only
+        "report_to",  # where losses are logged, not what they are
+    }
+)
+"""Settings a resumed run (or a sweep reusing a finished run) may change: bookkeeping that cannot change what is
+trained or measured. Every other field must equal the saved one, or the result would describe a run that never
+happened (e.g. an ALiBi-trained model resumed and labelled "rope")."""
+
+
+def settings_differences(
+    saved: dict[str, Any], requested: dict[str, Any], may_differ: frozenset[str] = RESUME_MAY_DIFFER
+) -> list[str]:
+    """The fields (outside `may_differ`) whose saved and requested values differ, as "name: saved -> requested"."""
+    missing = object()
+    differences = []
+    for name in sorted((set(saved) | set(requested)) - may_differ):
+        old, new = saved.get(name, missing), requested.get(name, missing)
+        if old != new:
+            shown = ["(absent)" if v is missing else repr(v) for v in (old, new)]
+            differences.append(f"{name}: {shown[0]} -> {shown[1]}")
+    return differences

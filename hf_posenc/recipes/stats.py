@@ -48,6 +48,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats as scipy_stats
 
+from ..hub.files import atomic_path
+
 __all__ = [
     "Cell",
     "CellComparison",
@@ -929,5 +931,6 @@ def plot_intervals(
     ax.legend(fontsize="small")
     if path is not None:
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     return figure

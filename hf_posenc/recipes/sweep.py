@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..hub.files import atomic_write, read_json
 from .classification import (
     classification_dataloaders,
     classification_scores,
@@ -26,7 +27,7 @@ from .classification import (
 from .data import resolve_checkpoint, special_tokens
 from .results import aggregate, environment, git_revision, markdown_table, plot, write_json
 from .seq2seq import run_seq2seq, seq2seq_dataloaders
-from .settings import SWEEP_KINDS, RunConfig, SweepConfig, slug
+from .settings import SWEEP_KINDS, RunConfig, SweepConfig, settings_differences, slug
 from .training import check_lengths
 
 __all__ = ["SWEEP_KINDS", "SweepConfig", "render", "run_sweep", "slug", "sweep_markdown", "tfidf_baseline"]
@@ -125,13 +126,23 @@ def _check_all_lengths(runs: list[RunConfig]) -> None:
 
 
 def _reuse(run) -> dict | None:
+    """The finished run's results when its folder holds them; a run with other settings there is refused."""
     path = Path(run.output_dir) / "results.json"
     if not path.is_file():
         return None
-    previous = json.loads(path.read_text())
-    wanted = {k: v for k, v in run.to_dict().items() if k != "progress"}
-    found = {k: v for k, v in previous.get("config", {}).items() if k != "progress"}
-    return previous if found == wanted and "metrics" in previous else None
+    fix = "Delete it (the run is then trained again) or give the sweep another output_dir."
+    previous = read_json(path, fix)
+    if "metrics" not in previous:
+        return None  # stopped early: train it (again)
+    saved = previous.get("config") if isinstance(previous, dict) else None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} has no run config, so it cannot be reused. {fix}")
+    differences = settings_differences(saved, json.loads(json.dumps(run.to_dict(), default=str)))
+    if differences:
+        raise ValueError(
+            f"{path} holds a finished run with other settings (saved -> requested): {'; '.join(differences)}. {fix}"
+        )
+    return previous
 
 
 def render(summary: dict, folder: Path) -> None:
@@ -139,7 +150,7 @@ def render(summary: dict, folder: Path) -> None:
     sweep = SweepConfig.from_dict(summary["sweep"])
     base = sweep.runs()[0]
     write_json(summary, folder / "results.json")
-    (folder / "results.md").write_text(sweep_markdown(summary, base.eval_lengths, sweep.metric))
+    atomic_write(folder / "results.md", sweep_markdown(summary, base.eval_lengths, sweep.metric))
     plot(
         summary["summary"],
         base.eval_lengths,

@@ -8,9 +8,13 @@ around the loop (data, evaluation, results) lives in `classification`, `mlm` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
+import sys
 import time
 import types
 from dataclasses import dataclass
@@ -23,9 +27,10 @@ from torch.utils.data import DataLoader
 
 from ..architectures import architecture_for, row_offset
 from ..encodings import ENCODINGS, canonical_name
+from ..hub.files import atomic_write, publish_folder, read_json
 from ..patching import patch_model
 from .data import resolve_checkpoint
-from .settings import RunConfig, TrainingSettings
+from .settings import RunConfig, TrainingSettings, settings_differences
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model: patch, and refuse impossible lengths before any training
@@ -94,6 +99,7 @@ def make_accelerator(run: TrainingSettings, project_dir: str | Path | None = Non
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
+    run.validate()  # fields may have been set after construction
     # A sweep runs many Accelerators in one process, with their own precision and accumulation; Accelerate keeps
     # these in process-wide singletons, so start each run from a clean one (the distributed PartialState is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -168,6 +174,8 @@ class LoopSettings:
     progress: bool = True
     description: str = "training"
     seed: int = 0
+    run_settings: dict[str, Any] | None = None
+    """The run's settings, saved with each checkpoint and compared with the saved ones on resume."""
 
 
 def steps_per_epoch(loader: DataLoader, accumulation: int) -> int:
@@ -183,7 +191,7 @@ def train_loop(accelerator, model, optimizer, scheduler, loader, settings: LoopS
     """
     from tqdm.auto import tqdm
 
-    state = {"completed_steps": 0, "losses": []}
+    state, checkpoint = {"completed_steps": 0, "losses": []}, None
     if settings.resume_from:
         state = _resume(accelerator, settings)
     accumulation = accelerator.gradient_accumulation_steps
@@ -221,14 +229,15 @@ def train_loop(accelerator, model, optimizer, scheduler, loader, settings: LoopS
             progress.set_postfix(loss=f"{state['losses'][-1]:.4f}")
             accelerator.log({f"{settings.description}/loss": state["losses"][-1]}, step=state["completed_steps"])
             if _should_save(state["completed_steps"], settings):
-                _save(accelerator, settings.checkpoint_dir, state)
+                checkpoint = _save(accelerator, settings, state)
             if state["completed_steps"] in (settings.stop_after, settings.total_steps):
                 break
         if state["completed_steps"] == settings.stop_after:
             break
         epoch += 1
     progress.close()
-    return _loop_summary(state, settings, time.perf_counter() - started)
+    summary = _loop_summary(state, settings, time.perf_counter() - started)
+    return {**summary, "checkpoint": str(checkpoint) if checkpoint else None}
 
 
 def _reseed(seed: int, step: int, process: int) -> None:
@@ -242,25 +251,147 @@ def _should_save(step: int, settings: LoopSettings) -> bool:
     return bool(every or step == settings.stop_after)
 
 
-def _save(accelerator, folder: Path, state: dict) -> None:
-    target = folder / f"step_{state['completed_steps']}"
-    accelerator.save_state(str(target))
+CHECKPOINT_MANIFEST = "COMPLETE.json"
+"""Written last into a checkpoint: every file's size and sha256. A folder without it is incomplete."""
+LOOP_STATE = "loop_state.json"
+RUN_SETTINGS = "run_settings.json"
+_STEP_FOLDER = re.compile(r"step_(\d+)")
+
+
+def _save(accelerator, settings: LoopSettings, state: dict) -> Path:
+    """Save a checkpoint atomically: every process writes into a hidden `.step_N.partial` folder, the main process
+    adds the loop state, the run's settings and last the manifest, then renames the folder to `step_N`. A kill
+    at any point leaves the previous checkpoints as they were and no `step_N` that `latest` could pick."""
+    target = settings.checkpoint_dir / f"step_{state['completed_steps']}"
+    partial = settings.checkpoint_dir / f".{target.name}.partial"
     if accelerator.is_main_process:
-        (target / "loop_state.json").write_text(json.dumps(state))
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed save
+        partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write(partial / LOOP_STATE, json.dumps(state))
+        if settings.run_settings is not None:
+            atomic_write(partial / RUN_SETTINGS, json.dumps(settings.run_settings, indent=1, default=str))
+        files = {p.relative_to(partial).as_posix(): _file_record(p) for p in sorted(partial.rglob("*")) if p.is_file()}
+        atomic_write(partial / CHECKPOINT_MANIFEST, json.dumps({"step": state["completed_steps"], "files": files}))
+        publish_folder(partial, target)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def find_checkpoint(resume_from: str | os.PathLike, checkpoint_dir: Path, announce: bool = True) -> Path:
+    """The checkpoint folder `resume_from` names: a folder, or "latest", the newest complete `step_N` under
+    `checkpoint_dir` (incomplete ones, e.g. from a kill during a save by an older version, are skipped and named).
+
+    Raises:
+        FileNotFoundError: no (complete) checkpoint there.
+    """
+    if str(resume_from) != "latest":
+        folder = Path(resume_from)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"No checkpoint folder at {folder}; pass a step_N folder or --resume_from latest.")
+        return folder
+    found = [p for p in checkpoint_dir.glob("step_*") if p.is_dir() and _STEP_FOLDER.fullmatch(p.name)]
+    found.sort(key=lambda p: int(_STEP_FOLDER.fullmatch(p.name).group(1)), reverse=True)
+    skipped = []
+    for folder in found:
+        if (folder / CHECKPOINT_MANIFEST).is_file():
+            if skipped and announce:
+                print(
+                    f"Skipped incomplete checkpoint(s) {[str(p) for p in skipped]} (no {CHECKPOINT_MANIFEST}: "
+                    f"interrupted while saving); resuming from {folder}.",
+                    file=sys.stderr,
+                )
+            return folder
+        skipped.append(folder)
+    detail = f" (incomplete, without {CHECKPOINT_MANIFEST}: {[p.name for p in skipped]})" if skipped else ""
+    raise FileNotFoundError(
+        f"No checkpoint to resume from in {checkpoint_dir}{detail}. Start the run without --resume_from, or give "
+        "--checkpoint_every N or --stop_after N so that it writes checkpoints."
+    )
+
+
+def verify_checkpoint(folder: Path, run_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check that `folder` is a complete, undamaged hf_posenc checkpoint of the same run; return its loop state.
+
+    Every file must have the size and sha256 of the manifest, and the saved run settings must equal `run_settings`
+    outside `RESUME_MAY_DIFFER`.
+
+    Raises:
+        ValueError: incomplete or damaged checkpoint (naming the file), or a different run (listing the fields).
+    """
+    fix = f"Resume from an earlier checkpoint (--resume_from {folder.parent}/step_N) or start afresh."
+    if not (folder / CHECKPOINT_MANIFEST).is_file():
+        if not (folder / LOOP_STATE).is_file():
+            raise ValueError(f"{folder} is not a checkpoint written by hf_posenc (no {LOOP_STATE}).")
+        raise ValueError(
+            f"{folder} is incomplete (no {CHECKPOINT_MANIFEST}: interrupted while saving, or saved by a version of "
+            f"hf_posenc without checkpoint manifests). {fix}"
+        )
+    manifest = read_json(folder / CHECKPOINT_MANIFEST, fix)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError(f"{folder / CHECKPOINT_MANIFEST} is not a checkpoint manifest. {fix}")
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"Checkpoint file {path} is missing. {fix}")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise ValueError(f"Checkpoint file {path} has {size} bytes, {expected['bytes']} were saved. {fix}")
+        if _file_record(path)["sha256"] != expected["sha256"]:
+            raise ValueError(f"Checkpoint file {path} is damaged (sha256 differs from the saved one). {fix}")
+    state = read_json(folder / LOOP_STATE, fix)
+    if not isinstance(state, dict) or not isinstance(state.get("completed_steps"), int):
+        raise ValueError(f"{folder / LOOP_STATE} has no completed_steps. {fix}")
+    if run_settings is not None and (folder / RUN_SETTINGS).is_file():
+        differences = settings_differences(read_json(folder / RUN_SETTINGS, fix), _as_saved(run_settings))
+        if differences:
+            raise ValueError(
+                f"The checkpoint {folder} belongs to a different run; resuming would mix two runs. Differences "
+                f"(saved -> requested): {'; '.join(differences)}. Resume with the saved settings, or start afresh "
+                "in another output_dir."
+            )
+    return state
+
+
+def _as_saved(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings as they read back from JSON (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(values, default=str))
+
+
+def check_resume(run: TrainingSettings, checkpoint_dir: Path) -> None:
+    """Refuse, before any data is loaded or model trained, a resume whose checkpoint is missing, incomplete,
+    damaged or from a run with other settings (see `verify_checkpoint`); does nothing without `run.resume_from`."""
+    if run.resume_from:
+        verify_checkpoint(find_checkpoint(run.resume_from, checkpoint_dir, announce=False), run.to_dict())
 
 
 def _resume(accelerator, settings: LoopSettings) -> dict:
-    folder = Path(settings.resume_from)
-    if settings.resume_from == "latest":
-        found = sorted(settings.checkpoint_dir.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-        if not found:
-            raise FileNotFoundError(f"No checkpoint to resume from in {settings.checkpoint_dir}.")
-        folder = found[-1]
-    if not (folder / "loop_state.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a checkpoint written by hf_posenc (no loop_state.json).")
-    accelerator.load_state(str(folder))
-    return json.loads((folder / "loop_state.json").read_text())
+    folder = find_checkpoint(settings.resume_from, settings.checkpoint_dir, announce=accelerator.is_main_process)
+    state = verify_checkpoint(folder, settings.run_settings)
+    if settings.stop_after is not None and settings.stop_after <= state["completed_steps"]:
+        raise ValueError(
+            f"stop_after={settings.stop_after} is not after the checkpoint's step {state['completed_steps']} "
+            f"({folder}); give a later step or leave stop_after out."
+        )
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as error:  # the files matched the manifest, so the model or optimizer must differ
+        raise ValueError(
+            f"Could not load the checkpoint {folder} ({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
+            "Was it written for another model or encoding? Start afresh in another output_dir."
+        ) from error
+    return state
 
 
 def _loop_summary(state: dict, settings: LoopSettings, seconds: float) -> dict[str, Any]:
@@ -299,6 +430,7 @@ def fit(
         progress=run.progress,
         description=description,
         seed=run.seed,
+        run_settings=run.to_dict(),
     )
     summary = train_loop(accelerator, prepared_model, optimizer, scheduler, loader, settings)
     summary["total_batch_size"] = getattr(loader, "total_batch_size", None)
