@@ -20,7 +20,7 @@ from tiny_models import tiny_model, token_ids
 
 import hf_posenc
 from hf_posenc import cli
-from hf_posenc.hub import folders as files
+from hf_posenc.hub import folders
 from hf_posenc.state import FrozenPositionsWarning
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -395,20 +395,20 @@ def test_os_and_json_errors_are_one_line(tmp_path, capsys, setup):
 
 
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
-    path = files.write_json_atomic(tmp_path / "settings.json", {"max_seq_length": 256})
+    path = folders.write_json_atomic(tmp_path / "settings.json", {"max_seq_length": 256})
 
     def interrupted(source, target):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        files.update_max_seq_length(tmp_path, 512) if False else files.write_json_atomic(path, {"max_seq_length": 1})
+        folders.write_json_atomic(path, {"max_seq_length": 1})
     assert json.loads(path.read_text()) == {"max_seq_length": 256}
     assert [p.name for p in tmp_path.iterdir()] == ["settings.json"]  # no temporary file left behind
 
 
 def test_update_max_seq_length_is_atomic_and_names_a_corrupt_file(tmp_path, monkeypatch):
-    path = tmp_path / files.SENTENCE_TRANSFORMERS_CONFIG
+    path = tmp_path / folders.SENTENCE_TRANSFORMERS_CONFIG
     path.write_text(json.dumps({"max_seq_length": 256, "do_lower_case": False}))
     replaced = []
     real = os.replace

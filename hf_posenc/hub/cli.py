@@ -28,11 +28,11 @@ from ..extension import check_init, check_max_length, extend_positions, make_por
 from ..patching import patch_model, patch_spec
 from ..record import CONFIG_KEY, StackRecord
 from .assets import resolve_checkpoint
+from .files import read_json
 from .folders import (
     check_local_source,
     check_output_folder,
     copy_sentence_transformers_files,
-    read_json,
     update_max_seq_length,
 )
 from .format import LoadPlan, read_config, saved_architecture, weight_files

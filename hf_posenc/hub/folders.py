@@ -1,9 +1,10 @@
-"""The files of a checkpoint folder, safely: atomic writes, complete reads, path checks, sentence-transformers files.
+"""Checkpoint folders, safely: complete weight files, local paths versus Hub ids, output paths, sentence-transformers
+files.
 
-Every file the hub tools write goes to a temporary file in the target folder first and replaces the target with
-`os.replace` (atomic on POSIX and Windows), so an interrupted write leaves the old file or none, never half of one.
-Every reader says which file is broken: a JSON file that does not parse, a safetensors file shorter than its header
-says (an interrupted download or copy).
+Every file the hub tools write goes through `hf_posenc.hub.files` (a temporary file in the target folder, then
+`os.replace`), so an interrupted write leaves the old file or none, never half of one. Every reader says which file
+is broken: a JSON file that does not parse, a safetensors file shorter than its header says (an interrupted download
+or copy).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,59 +20,26 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..extension import check_max_length
+from .files import atomic_path, atomic_write, read_json
 
 SENTENCE_TRANSFORMERS_CONFIG = "sentence_bert_config.json"
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", SENTENCE_TRANSFORMERS_CONFIG)
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Atomic writes, complete reads
+# Atomic writes (hf_posenc.hub.files), complete reads
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write `data` as indented JSON (with a final newline) to `path`, atomically."""
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    return atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def copy_file_atomic(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Copy `source` to `target` through a temporary file beside `target` and `os.replace`."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
+    with atomic_path(target) as temporary:
         shutil.copy2(source, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """A JSON file's content; a `ValueError` naming the file when it is not valid JSON (a truncated write)."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): the file is incomplete or corrupt.") from None
+    return Path(target)
 
 
 def check_safetensors(path: str | os.PathLike) -> Path:
@@ -224,8 +191,6 @@ __all__ = [
     "is_hub_id",
     "is_sentence_transformers",
     "looks_like_path",
-    "read_json",
     "update_max_seq_length",
     "write_json_atomic",
-    "write_text_atomic",
 ]

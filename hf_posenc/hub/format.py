@@ -33,7 +33,8 @@ from ..config_form import (
     is_portable,
 )
 from ..record import CONFIG_KEY, PatchRecord, StackRecord
-from .folders import check_safetensors, read_json
+from .files import read_json
+from .folders import check_safetensors
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"

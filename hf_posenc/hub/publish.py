@@ -23,7 +23,8 @@ from ..patching import patch_spec
 from ..record import PatchRecord, read_record
 from ..version import __version__
 from .assets import MINILM_NAMES
-from .folders import copy_sentence_transformers_files, write_text_atomic
+from .files import atomic_write
+from .folders import copy_sentence_transformers_files
 from .format import POSENC_PREFIX, auto_targets
 from .provenance import format_mean_std
 
@@ -453,7 +454,7 @@ def save_for_hub(
         tokenizer.save_pretrained(folder)
     if sentence_transformers_folder is not None:
         copy_sentence_transformers_files(sentence_transformers_folder, folder)
-    write_text_atomic(folder / "README.md", card)
+    atomic_write(folder / "README.md", card)
     return folder
 
 
