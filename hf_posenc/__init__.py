@@ -9,7 +9,7 @@ from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding
 from .extension import extend_positions, make_portable, set_max_length
 from .hub import from_pretrained, push_to_hub, read_results, render_model_card, save_for_hub, update_max_seq_length
 from .patching import patch_model, patch_spec, plan_patch, unpatch_model
-from .state import position_parameters
+from .trainable import position_parameters
 from .version import __version__
 
 register_backend()

@@ -44,10 +44,9 @@ from .state import (
     own_config,
     release_config,
     remember_hook,
-    remember_tokenizer_limit,
     remove_patch,
-    restore_tokenizer_limit,
 )
+from .trainable import remember_tokenizer_limit, restore_tokenizer_limit
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Planning: parse and validate, build new modules, touch nothing

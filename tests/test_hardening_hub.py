@@ -21,7 +21,7 @@ from tiny_models import tiny_model, token_ids
 import hf_posenc
 from hf_posenc import cli
 from hf_posenc.hub import folders
-from hf_posenc.state import FrozenPositionsWarning
+from hf_posenc.trainable import FrozenPositionsWarning
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers

@@ -27,7 +27,7 @@ LAYERS = [
     "hf_posenc.patching | hf_posenc.docs",
     "hf_posenc.extension",
     "hf_posenc.state",
-    "hf_posenc.config_form",
+    "hf_posenc.config_form | hf_posenc.trainable",
     "hf_posenc.record",
     "hf_posenc.attention",
     "hf_posenc.encodings",
