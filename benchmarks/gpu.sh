@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's GPU check on a machine with a CUDA GPU: the GPU tests, then the benchmark in bf16 (`--preset gpu`).
+# The GPU check on a machine with a CUDA GPU: the GPU tests, then the benchmark in bf16 (`--preset gpu`).
 #   bash benchmarks/gpu.sh [OUTPUT_FOLDER [BENCHMARK OPTIONS...]]      (default: benchmarks/results)
 # Runs from a checkout without installing it. Wheels in .whl/ (e.g. the transformers release this project was
 # measured with, where the machine has another) are installed into /tmp/site first; the GPU machines here are offline.

@@ -6,9 +6,10 @@ Importing the package registers the `posenc` attention backend with transformers
 from .architectures import ARCHITECTURES
 from .attention import BACKEND, register_backend
 from .encodings import ALIASES, ENCODINGS, PositionEncoding, register_encoding
-from .extension import extend_positions, make_portable, set_max_length, update_max_seq_length
-from .hub import from_pretrained, push_to_hub, read_results, render_model_card, save_for_hub
+from .extension import extend_positions, make_portable, set_max_length
+from .hub import from_pretrained, push_to_hub, read_results, render_model_card, save_for_hub, update_max_seq_length
 from .patching import patch_model, patch_spec, plan_patch, unpatch_model
+from .trainable import position_parameters
 from .version import __version__
 
 register_backend()
@@ -41,6 +42,7 @@ __all__ = [
     "patch_model",
     "patch_spec",
     "plan_patch",
+    "position_parameters",
     "push_to_hub",
     "read_results",
     "register_encoding",

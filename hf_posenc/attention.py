@@ -6,7 +6,7 @@ applies the encoding and hands the result to transformers' own SDPA function. Cr
 go straight to SDPA, position-free. The model's `forward` is never copied.
 
 Terms that SDPA cannot take as they are (a bias that needs gradients or depends on the query, a value term) go to
-`hf_posenc.blockwise`, which keeps SDPA's fused kernel and recomputes the gradients block by block (issue 6).
+`hf_posenc.blockwise`, which keeps SDPA's fused kernel and recomputes the gradients block by block.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _merged_mask(terms: AttentionTerms, attention_mask, causal: bool, context: P
 
 def _differentiated(terms: AttentionTerms, value: torch.Tensor) -> bool:
     """Whether autograd will differentiate this call: then a learned bias must take the blockwise path, where the
-    fused kernel runs with the bias detached and its gradient is recomputed block by block (issue 6)."""
+    fused kernel runs with the bias detached and its gradient is recomputed block by block."""
     tensors = (terms.query, terms.key, value, *terms.rows.inputs)
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 

@@ -1,6 +1,6 @@
 """Attention with position terms, one block of query rows at a time, with gradients by recomputation.
 
-Why (issue 6): torch's CPU SDPA keeps its fused kernel only while the additive mask needs no gradient. A learned bias
+Why: torch's CPU SDPA keeps its fused kernel only while the additive mask needs no gradient. A learned bias
 (T5, Shaw) or a query-dependent one (Shaw, Huang, NEZHA) sends it to the math kernel, which keeps a (B, H, Q, K)
 tensor per layer for backward (3-5x slower, L^2 memory); NEZHA's value term needs the probabilities themselves. Here:
 

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from safetensors import SafetensorError
+
 CLI_MODULES: tuple[str, ...] = (
     "hf_posenc.hub.cli",
     "hf_posenc.recipes.cli",
@@ -27,13 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ValueError, TypeError, OSError, KeyError, SafetensorError, RuntimeError)
+"""What a user's input can cause (bad options, missing or corrupt files, JSON errors, an unreachable Hub): reported
+as one line on stderr, never as a traceback. JSON and Unicode errors are ValueErrors; Hub errors are OSErrors."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `hf-posenc` console script."""
+    """Entry point of the `hf-posenc` console script: exit 0, or 2 with one line on stderr naming the fix."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"hf-posenc {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"hf-posenc {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

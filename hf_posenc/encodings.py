@@ -202,7 +202,7 @@ class AttentionTerms:
             attention mask once per forward).
         rows: the terms as a recipe for any block of query rows (`hf_posenc.blockwise.RowTerms`): a bias that needs
             gradients or depends on the query, a value term (Shaw et al., NEZHA). The backend then never keeps a
-            (B, H, Q, K) tensor for backward (issue 6). When `bias` is also given, it is used whenever nothing is
+            (B, H, Q, K) tensor for backward. When `bias` is also given, it is used whenever nothing is
             differentiated.
     """
 
@@ -376,10 +376,9 @@ EXTENSION_INITS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
 }
 """How `extend_positions` fills new rows of a learned table: init name -> function (the `init` option of `learned`)."""
 
-# --- issue 3 (extension): inference-time position maps of the learned table ---
+# Inference-time position maps of the learned table (length extension without new rows).
 POSITION_ID_MAPS = ("recurrent", "grouped")
 """LongEmbed's position maps into the trained rows (implemented in `hf_posenc.state.PositionMap`)."""
-# --- end issue 3 ---
 
 
 @register_encoding("learned")
@@ -404,12 +403,11 @@ class LearnedAbsolute(PositionEncoding):
     ) -> None:
         super().__init__(dims)
         init = check_choice(self.name, "init", init, EXTENSION_INITS)
-        # --- issue 3 (extension): position maps ---
+        # Position maps (LongEmbed): past the trained length, positions map into the trained rows.
         position_ids = check_choice(self.name, "position_ids", position_ids, POSITION_ID_MAPS, optional=True)
         group_size = check_optional_int(self.name, "group_size", group_size, low=2, high=MAX_POSITIONS)
         _check(group_size is None or position_ids == "grouped", "group_size only applies to position_ids='grouped'.")
         self.position_ids, self.group_size = position_ids, group_size
-        # --- end issue 3 ---
         self.init = init
 
 

@@ -15,19 +15,17 @@ Either way every limit moves with it: `config.max_position_embeddings` (it sizes
 them: raised when a table grows, kept when positions are mapped, raised to the new limit when no stack keeps a table),
 BERT-style `position_ids` / `token_type_ids` buffers, BART's `max_source_positions` / `max_target_positions`, the
 tokenizer's `model_max_length`, and `config.posenc` (each changed stack records `max_length`; a learned stack's
-`options.init` says how its rows were made). `update_max_seq_length` updates a sentence-transformers folder.
+`options.init` says how its rows were made). `hf_posenc.hub.folders.update_max_seq_length` updates a
+sentence-transformers folder.
 Encodings without a table (sinusoidal, relative) run at any length: `max_length` then only updates this bookkeeping.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -438,41 +436,4 @@ def make_portable(model: nn.Module) -> bool:
     remove_patch(model)  # `patch_model(model, "learned", ...)` also left a (no-op) stack hook
     delattr(model.config, CONFIG_KEY)
     release_config(model)
-    return True
-
-
-SENTENCE_TRANSFORMERS_CONFIG = "sentence_bert_config.json"
-SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", SENTENCE_TRANSFORMERS_CONFIG)
-
-
-def update_max_seq_length(folder: str | Path, max_length: int) -> bool:
-    """Set `max_seq_length` in a sentence-transformers folder's `sentence_bert_config.json` to `max_length`.
-
-    sentence-transformers truncates to this value (all-MiniLM-L6-v2 ships 256), whatever the tokenizer allows.
-    Returns False, and writes nothing, when the folder has no such file.
-    """
-    max_length = check_max_length(max_length)
-    path = Path(folder) / SENTENCE_TRANSFORMERS_CONFIG
-    if not path.is_file():
-        return False
-    settings = json.loads(path.read_text())
-    settings["max_seq_length"] = max_length
-    path.write_text(json.dumps(settings, indent=2) + "\n")
-    return True
-
-
-def copy_sentence_transformers_files(source: str | Path, target: str | Path) -> bool:
-    """Copy a sentence-transformers checkpoint's own files (module list, pooling and other module folders) from
-    `source` to `target`, where `save_pretrained` wrote the transformer. Returns False when `source` has none."""
-    source, target = Path(source), Path(target)
-    if not (source / SENTENCE_TRANSFORMERS_CONFIG).is_file():
-        return False
-    for name in SENTENCE_TRANSFORMERS_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
-    modules = json.loads((source / "modules.json").read_text()) if (source / "modules.json").is_file() else []
-    for module in modules:
-        path = module.get("path") or ""
-        if path and (source / path).is_dir():
-            shutil.copytree(source / path, target / path, dirs_exist_ok=True)
     return True

@@ -50,6 +50,7 @@ from .state import (
     remember_hook,
     remove_patch,
 )
+from .trainable import remember_tokenizer_limit, restore_tokenizer_limit
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Planning: parse and validate, build new modules, touch nothing
@@ -448,6 +449,7 @@ def patch_model(
         _install_attention(model, plan)
     _record(model, plans)
     if length_plan is not None:
+        remember_tokenizer_limit(model, tokenizer)  # `unpatch_model` gives it back
         apply_length_plan(model, length_plan)
     if any(plan.spec.cls.kind == "relative" or plan.options.active for plan in plans):
         model.set_attn_implementation(BACKEND)
@@ -457,8 +459,10 @@ def patch_model(
 def unpatch_model(model: nn.Module) -> nn.Module:
     """Undo `patch_model`: restore the learned tables, remove the encodings and hooks, go back to SDPA.
 
-    A table that the patch replaced comes back as it was; a model loaded from a patched checkpoint has no original
-    table to restore, and `unpatch_model` raises a `ValueError` for it instead of leaving a model without positions.
+    A table that the patch replaced comes back as it was, and so does the `model_max_length` of a tokenizer given
+    to `patch_model(max_length=..., tokenizer=...)` (if it is still alive). A model loaded from a patched checkpoint
+    has no original table to restore, and `unpatch_model` raises a `ValueError` for it instead of leaving a model
+    without positions.
     """
     if read_record(getattr(model, "config", None)) is None:
         raise ValueError("This model is not patched by hf_posenc.")
@@ -469,6 +473,7 @@ def unpatch_model(model: nn.Module) -> nn.Module:
             raise ValueError(f"The {stack.name} has no original table to restore (it was loaded already patched).")
     remove_patch(model)
     release_config(model)
+    restore_tokenizer_limit(model)
     if model.config._attn_implementation == BACKEND:
         model.set_attn_implementation("sdpa")
     return model

@@ -1,8 +1,8 @@
 """The relative encodings' terms, computed one block of query rows at a time (see `hf_posenc.blockwise.RowTerms`).
 
 The backend evaluates these functions block by block, so a (B, H, Q, K) bias never exists whole, and again in backward
-for the gradients (issue 6). They compute in fp32 whatever the model's dtype; the backend casts the bias once, for the
-kernel. Two forms:
+for the gradients (O(L) memory per head). They compute in fp32 whatever the model's dtype; the backend casts the
+bias once, for the kernel. Two forms:
 
 * window forms, for default positions (query row i at position offset + i, key column j at j): a block's terms depend
   on its few distinct distances `i - j`, computed once and shifted into place by `skew` (the relative-to-absolute trick

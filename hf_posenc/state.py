@@ -22,6 +22,7 @@ from .attention import BACKEND, detach
 from .config_form import patched_config_class, unpatched_config_class
 from .encodings import AttentionOptions, EncodingSpec, PositionContext, PositionEncoding, SinusoidalAbsolute, StackDims
 from .record import read_record, write_record
+from .trainable import warn_if_frozen
 
 HOOKS_ATTRIBUTE = "_posenc_hooks"
 
@@ -94,12 +95,16 @@ class PositionMap:
 
 class StackHook:
     """Forward pre-hook of a patched stack: refuses to run under another attention backend (a relative encoding
-    would be silently dropped) and starts a fresh per-forward memo."""
+    would be silently dropped), starts a fresh per-forward memo, and warns once when the stack's freshly initialized
+    position parameters stay frozen while other parameters train (a peft LoRA config that does not list them)."""
 
     def __init__(self, config: Any, context: PositionContext, needs_backend: bool) -> None:
         self.config, self.context, self.needs_backend = config, context, needs_backend
+        self.fresh, self.warned = True, False  # fresh: initialized by the patch, not loaded from a checkpoint
 
     def __call__(self, module: nn.Module, args) -> None:
+        if self.fresh and not self.warned and module.training and torch.is_grad_enabled():
+            self.warned = warn_if_frozen(module)
         implementation = self.config._attn_implementation
         if self.needs_backend and implementation != BACKEND:
             raise ValueError(
@@ -248,6 +253,14 @@ def installed_tables(model: nn.Module) -> list[PositionTable]:
     return [module for module in model.modules() if isinstance(module, PositionTable)]
 
 
+def mark_loaded(model: nn.Module) -> None:
+    """The position parameters of `model` came from a checkpoint: no frozen-fresh-parameters warning for them."""
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, StackHook):
+                hook.fresh = False
+
+
 def own_config(model: nn.Module) -> None:
     """Give `model` its own config object, of the `Patched<Config>` class that writes the patched form.
 
@@ -312,6 +325,7 @@ __all__ = [
     "ensure_buffers",
     "grow_length_buffers",
     "installed_tables",
+    "mark_loaded",
     "own_config",
     "present_stacks",
     "release_config",

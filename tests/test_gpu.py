@@ -1,4 +1,4 @@
-"""GPU checks (issue 6): every encoding on CUDA computes what it computes on the CPU, and reaches a fused SDPA kernel.
+"""GPU checks: every encoding on CUDA computes what it computes on the CPU, and reaches a fused SDPA kernel.
 
 Skipped without CUDA (CI has no GPU). `benchmarks/gpu.sh` runs these and the GPU benchmark on a lent GPU machine.
 """

@@ -1,15 +1,25 @@
 """The package is layered: each core module imports only the layers below it, hub only the core, and no private name
-crosses a module boundary (see the Development section of the README)."""
+crosses a module boundary (see the Development section of the README).
+
+The contracts live in pyproject.toml (`[tool.importlinter]`) and are checked with import-linter; the grimp walk below
+adds what import-linter does not check (the package root imported from inside, function-local imports, private
+names across modules).
+"""
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import grimp
 import pytest
 
-PACKAGE = Path(__file__).parent.parent / "hf_posenc"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "hf_posenc"
 
 LAYERS = [
     "hf_posenc.posenc_loader",
@@ -17,7 +27,7 @@ LAYERS = [
     "hf_posenc.patching | hf_posenc.docs",
     "hf_posenc.extension",
     "hf_posenc.state",
-    "hf_posenc.config_form",
+    "hf_posenc.config_form | hf_posenc.trainable",
     "hf_posenc.record",
     "hf_posenc.attention",
     "hf_posenc.encodings",
@@ -76,3 +86,45 @@ def test_no_function_local_imports_and_no_private_names_across_modules(path):
             private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
             problems += [f"line {node.lineno}: private {name} from {node.module}" for name in private]
     assert not problems, problems
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` with the contracts of `root`/pyproject.toml, on the `hf_posenc` package found under `root`."""
+    command = [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"]
+    environment = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [*command, "--no-cache", str(root / "pyproject.toml")],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_import_linter_contracts_are_kept():
+    done = lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 kept, 0 broken" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("encodings.py", "from hf_posenc.recipes import sweep", "Layers"),
+        ("encodings.py", "from hf_posenc import patching", "Layers"),
+        ("hub/format.py", "from hf_posenc.bench import report", "never import the recipes or the bench"),
+        ("bench/report.py", "from hf_posenc.recipes import stats", "The bench never imports the recipes"),
+    ],
+    ids=["core imports recipes", "core imports upward", "hub imports bench", "bench imports recipes"],
+)
+def test_import_linter_reports_an_upward_import(tmp_path, module, line, contract):
+    shutil.copytree(PACKAGE, tmp_path / "hf_posenc", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    path = tmp_path / "hf_posenc" / module
+    path.write_text(path.read_text(encoding="utf-8") + f"\n{line}  # an upward import\n", encoding="utf-8")
+    done = lint_imports(tmp_path)
+    assert done.returncode != 0, done.stdout[-3000:]
+    broken = [text for text in done.stdout.splitlines() if text.endswith("BROKEN")]
+    assert any(contract in text for text in broken), done.stdout[-3000:]
+    assert f"hf_posenc.{module.removesuffix('.py').replace('/', '.')}" in done.stdout

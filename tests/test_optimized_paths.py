@@ -1,4 +1,4 @@
-"""The optimized attention paths (issue 6) against a direct reference: values and gradients, fp32 and bf16.
+"""The optimized attention paths against a direct reference: values and gradients, fp32 and bf16.
 
 The reference is explicit eager attention with each encoding's formula written out plainly, with an (L, L, D) table of
 relative vectors where the encoding has one: slow and obviously right. The optimized path runs the fused SDPA kernel
@@ -216,7 +216,7 @@ LEARNED_OR_QUERY_DEPENDENT = ["t5", "relative_key", "relative_key_query", "nezha
 
 @pytest.mark.parametrize("name", LEARNED_OR_QUERY_DEPENDENT)
 def test_training_keeps_no_square_tensor_for_backward(name):
-    """What autograd saves for backward is O(L) per head: no (B, H, Q, K) bias or probabilities (issue 6)."""
+    """What autograd saves for backward is O(L) per head: no (B, H, Q, K) bias or probabilities."""
     encoding, q, k, v = make_case(name, 200, torch.float32, batch=1)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
@@ -326,8 +326,7 @@ def test_bench_checks_targets_and_renders_markdown():
     results["targets"] = bench.check_targets(results)
     markdown = bench.render_markdown(results)
     assert (
-        "## Targets (issue 6): 3 of 5 met" in markdown
-        and "| forward | nezha | minilm | 512 | 1.60 | 1.5 | **no** |" in markdown
+        "## Targets: 3 of 5 met" in markdown and "| forward | nezha | minilm | 512 | 1.60 | 1.5 | **no** |" in markdown
     )
 
 

@@ -149,7 +149,7 @@ def _targets_section(targets: list[dict[str, Any]]) -> list[str]:
         for t in targets
     ]
     header = ["check", "encoding", "shape", "L", "ratio", "limit", "met"]
-    return [f"## Targets (issue 6): {met} of {len(targets)} met", "", *_table(header, rows)]
+    return [f"## Targets: {met} of {len(targets)} met", "", *_table(header, rows)]
 
 
 def _summary_section(results: dict[str, Any]) -> list[str]:

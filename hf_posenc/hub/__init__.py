@@ -5,6 +5,7 @@ Built on the core (`hf_posenc.patching` and below); it never imports `hf_posenc.
 benchmark build on it.
 """
 
+from .folders import update_max_seq_length
 from .format import TRIPWIRE
 from .loading import auto_class, from_pretrained, register_model_types
 from .publish import PushError, push_to_hub, read_results, render_model_card, save_for_hub
@@ -19,4 +20,5 @@ __all__ = [
     "register_model_types",
     "render_model_card",
     "save_for_hub",
+    "update_max_seq_length",
 ]

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import atomic_write
+
 __all__ = [
     "MINILM_NAMES",
     "PACKAGES",
@@ -78,7 +80,7 @@ def _verify(path: Path, sha256: str | None, source: str | None = None) -> None:
             "release: delete it and fetch again."
         )
     with contextlib.suppress(OSError):  # a read-only shared cache still works, it just hashes every time
-        stamp.write_text(expected_stamp)
+        atomic_write(stamp, expected_stamp)
 
 
 def _package_dir(name: str, version: str, sdist: bool) -> Path:

@@ -10,7 +10,6 @@ executes plans.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ from ..config_form import (
     is_portable,
 )
 from ..record import CONFIG_KEY, PatchRecord, StackRecord
+from .files import read_json
+from .folders import check_safetensors
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -69,10 +70,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder} is not a transformers checkpoint: it has no config.json.")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}.") from None
+    config = read_json(path)
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ValueError(f"{path} has no model_type: it is not a transformers model config.")
     return config
@@ -130,12 +128,20 @@ def resolve_model_class(name: str | type | None, model_type: str | None) -> type
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder; a `ValueError` for pickled-only weights or none at all."""
+    """The safetensors files of a checkpoint folder, checked complete; a `ValueError` naming the file for a truncated
+    one, and for pickled-only weights or none at all."""
     if (folder / SAFE_WEIGHTS).is_file():
-        return [folder / SAFE_WEIGHTS]
+        return [check_safetensors(folder / SAFE_WEIGHTS)]
     if (folder / SAFE_INDEX).is_file():
-        weight_map = json.loads((folder / SAFE_INDEX).read_text())["weight_map"]
-        return [folder / name for name in sorted(set(weight_map.values()))]
+        index = read_json(folder / SAFE_INDEX)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{folder / SAFE_INDEX} has no weight_map: the file is incomplete or corrupt.")
+        names = sorted(set(weight_map.values()))
+        missing = [name for name in names if not (folder / name).is_file()]
+        if missing:
+            raise ValueError(f"{folder} lacks the weight files {missing} that {SAFE_INDEX} lists: it is incomplete.")
+        return [check_safetensors(folder / name) for name in names]
     unsafe = sorted(
         p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
     )

@@ -24,18 +24,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import huggingface_hub
 import torch
 import transformers
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils.loading_report import LoadStateDictInfo, log_state_dict_report
 
 from ..architectures import ARCHITECTURES, present_stacks
-from ..config_form import LOADER_MODULE, POSENC_PREFIX, auto_model_classes, auto_targets, disarm_tripwire
+from ..config_form import (
+    LOADER_MODULE,
+    POSENC_PREFIX,
+    auto_model_classes,
+    auto_targets,
+    base_model_type,
+    disarm_tripwire,
+)
 from ..patching import patch_model
 from ..record import CONFIG_KEY, PatchRecord, StackRecord, read_record, write_record
-from ..state import PositionMap, ensure_buffers, installed_tables, remember_hook
+from ..state import PositionMap, ensure_buffers, installed_tables, mark_loaded, remember_hook
+from .folders import check_local_source
 from .format import (
     LoadPlan,
     is_patched,
@@ -133,6 +144,11 @@ def register_model_types() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+LOADER_ARGUMENTS = frozenset({"trust_remote_code", "adapter_kwargs", "code_revision", "force_download", "proxies"})
+"""transformers' `from_pretrained` arguments that change nothing here (no code is ever run from a checkpoint; the
+download options that matter are named parameters)."""
+
+
 def from_pretrained(
     name_or_path: str | os.PathLike,
     model_class: str | type | None = None,
@@ -144,94 +160,142 @@ def from_pretrained(
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    ignore_mismatched_sizes: bool = False,
+    output_loading_info: bool = False,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """Load a checkpoint saved from an hf_posenc-patched model, a legacy relative-position checkpoint, or a plain one.
 
+    The keyword arguments follow transformers' `from_pretrained`: config overrides such as `num_labels=5`, a new task
+    head (`model_class`), `ignore_mismatched_sizes`, `torch_dtype` / `dtype`, `device_map`, `use_safetensors`,
+    `low_cpu_mem_usage`, `output_loading_info`. New head weights are initialized as transformers initializes them and
+    reported in transformers' load report; the position-encoding weights always load strictly.
+
     Args:
         name_or_path: a local folder or a Hub repo id (only `*.json`, `*.safetensors`, tokenizer and card files are
-            downloaded; no code).
+            downloaded; no code). A path-looking name (absolute, `./`, `../`, with a separator and not a Hub id)
+            that does not exist is a `FileNotFoundError`, never a Hub request.
         model_class: the transformers class to build, as a class or a name looked up in the `transformers` namespace
             (e.g. "BertForSequenceClassification", or an `AutoModelFor*` class); default `config.architectures[0]`.
             A different head than the saved one gets its new parameters freshly initialized, as in transformers.
         config: a config to use instead of the folder's `config.json` (what the Auto classes pass).
-        dtype: the parameters' dtype; default the checkpoint's (`config.dtype`).
-        device: where to put the model; default CPU.
+        dtype: the parameters' dtype (`torch_dtype` is accepted too); default the checkpoint's (`config.dtype`).
+        device: where to put the model; default CPU. `device_map` naming one device (or "auto": the first
+            accelerator, else CPU) does the same.
         revision, token, cache_dir, local_files_only: Hub download options.
-        **kwargs: what transformers' Auto classes pass along (`torch_dtype`, `device_map` naming one device,
-            `subfolder`, `trust_remote_code` (ignored: no code is ever run from the checkpoint), ...).
+        ignore_mismatched_sizes: initialize afresh the head weights whose shape differs from the checkpoint's (e.g.
+            a classifier loaded with another `num_labels`), instead of raising. Never applies to position weights.
+        output_loading_info: also return a dict of `missing_keys`, `unexpected_keys`, `mismatched_keys`,
+            `error_msgs`, as transformers does.
+        **kwargs: config overrides (any attribute of the model's config, e.g. `num_labels`, `id2label`,
+            `hidden_dropout_prob`), and what transformers' Auto classes pass along (`subfolder`, `use_safetensors`,
+            `low_cpu_mem_usage`, `attn_implementation`, `trust_remote_code` (ignored: no code is ever run from the
+            checkpoint), ...). Anything else is a `TypeError` naming it.
 
     Returns:
-        The model in eval mode, patched as recorded, with the `posenc` attention backend set where it is needed.
+        The model in eval mode, patched as recorded, with the `posenc` attention backend set where it is needed (and
+        the loading info with `output_loading_info=True`).
 
     Raises:
         FileNotFoundError: `name_or_path` is neither a folder nor a Hub repo id.
-        ValueError: a folder that is not a safetensors checkpoint; a missing, corrupted or newer-major `posenc`
-            block; weights whose keys or shapes do not match the block; a model class outside transformers.
+        ValueError: a folder that is not a safetensors checkpoint, or an incomplete or corrupt file in it (named); a
+            missing, corrupted or newer-major `posenc` block; weights whose keys or shapes do not match the block; a
+            head whose shape differs without `ignore_mismatched_sizes=True`; a model class outside transformers.
+        TypeError: an argument that is neither a loading option nor an attribute of the model's config.
     """
-    dtype, device, subfolder = _loader_options(dtype, device, kwargs)
+    dtype, device, subfolder, attn = _loader_options(dtype, device, kwargs)
     folder = _local_folder(name_or_path, revision, token, cache_dir, local_files_only, subfolder)
     config_dict = config.to_dict() if config is not None else read_config(folder)
     plan = load_plan(config_dict)
+    base_type = plan.base_type if plan is not None else base_model_type(config_dict["model_type"])
+    overrides = _config_overrides(base_type, kwargs)
     if plan is None:  # an ordinary transformers checkpoint
+        weight_files(folder)  # a truncated file is named here, not deep inside transformers
         cls = resolve_model_class(model_class or saved_architecture(config_dict), config_dict.get("model_type"))
-        options = {"config": config, "dtype": dtype, "attn_implementation": kwargs.get("attn_implementation")}
-        model = cls.from_pretrained(
-            folder, use_safetensors=True, **{k: v for k, v in options.items() if v is not None}
+        options = {"config": config, "dtype": dtype, "attn_implementation": attn}
+        loaded = cls.from_pretrained(
+            folder,
+            use_safetensors=True,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            output_loading_info=output_loading_info,
+            **{k: v for k, v in options.items() if v is not None},
+            **overrides,
         )
-        return model.to(device) if device is not None else model
+        model = loaded[0] if output_loading_info else loaded
+        model = model.to(device) if device is not None else model
+        return (model, loaded[1]) if output_loading_info else model
     cls = resolve_model_class(model_class or plan.architecture, plan.base_type)
-    model = _build(cls, plan, dtype)
-    _restore_patch(model, plan.record, exact=cls.__name__ == plan.architecture)
-    load_weights(model, _read_weights(folder, plan.rename), exact=cls.__name__ == plan.architecture, plan=plan)
-    return _finish(model, folder, name_or_path, device)
+    state = _read_weights(folder, plan.rename)
+    model = _build(cls, plan, dtype, overrides)
+    exact = cls.__name__ == plan.architecture
+    _restore_patch(model, plan.record, exact=exact)
+    info = load_weights(model, state, exact=exact, plan=plan, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    _report(model, name_or_path, info, ignore_mismatched_sizes)
+    model = _finish(model, folder, name_or_path, device)
+    return (model, info) if output_loading_info else model
 
 
-def _loader_options(dtype, device, kwargs: dict[str, Any]) -> tuple[Any, Any, str | None]:
-    """Accept what transformers' Auto classes and pipelines pass; refuse what would be silently ignored."""
-    dtype = kwargs.pop("torch_dtype", None) if dtype is None else dtype
-    device_map = kwargs.pop("device_map", None)
-    if device_map is not None:
-        if not isinstance(device_map, str | torch.device | int) or device_map == "auto":
-            raise ValueError(f"hf_posenc loads onto one device; got device_map={device_map!r}. Pass device='cuda:0'.")
-        device = device if device is not None else device_map
+def _loader_options(dtype, device, kwargs: dict[str, Any]) -> tuple[Any, Any, str | None, str | None]:
+    """Take the loading options out of `kwargs` (what stays are config overrides); refuse what would be ignored."""
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    dtype = torch_dtype if dtype is None else dtype
+    device = _device_of(kwargs.pop("device_map", None), device)
     subfolder = kwargs.pop("subfolder", None) or None
-    ignored = {
-        "trust_remote_code",
-        "adapter_kwargs",
-        "code_revision",
-        "force_download",
-        "proxies",
-        "attn_implementation",
-    }
-    attn = kwargs.get("attn_implementation")
+    if kwargs.pop("use_safetensors", None) is False:
+        raise ValueError(
+            "use_safetensors=False: hf_posenc loads safetensors only (pickled weights can run code when loaded)."
+        )
+    low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", None)
+    if low_cpu_mem_usage not in (None, True, False):
+        raise TypeError(f"low_cpu_mem_usage must be a bool, got {low_cpu_mem_usage!r}.")
+    attn = kwargs.pop("attn_implementation", None)
     if attn not in (None, "sdpa", "posenc"):
         raise ValueError(f"Patched models run in the 'posenc' attention backend (over SDPA); got {attn!r}.")
-    unknown = sorted(k for k in kwargs if k not in ignored and not k.startswith("_"))
+    for key in LOADER_ARGUMENTS | {k for k in kwargs if k.startswith("_")}:
+        kwargs.pop(key, None)
+    return (None if dtype == "auto" else dtype), device, subfolder, attn
+
+
+def _device_of(device_map: Any, device: Any) -> Any:
+    """The one device a `device_map` names: a device, `{"": device}`, or "auto" (first accelerator, else CPU)."""
+    if device_map is None:
+        return device
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        device_map = device_map[""]
+    if device_map == "auto":
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        device_map = accelerator if accelerator is not None else "cpu"
+    if not isinstance(device_map, str | torch.device | int):
+        raise ValueError(
+            f"hf_posenc loads onto one device; got device_map={device_map!r}. Pass device_map='auto', a device such "
+            "as 'cuda:0' or 'cpu', or {'': device}."
+        )
+    return device if device is not None else device_map
+
+
+def _config_overrides(base_type: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The remaining `kwargs` as config overrides (attributes of the model type's config, as transformers takes them);
+    a `TypeError` names the others."""
+    config_class = CONFIG_MAPPING[base_type] if base_type in CONFIG_MAPPING else PreTrainedConfig  # noqa: SIM401
+    defaults = config_class()
+    unknown = sorted(k for k in kwargs if not hasattr(defaults, k))
     if unknown:
-        raise TypeError(f"hf_posenc.from_pretrained got unexpected argument(s) {unknown}.")
-    return (None if dtype == "auto" else dtype), device, subfolder
+        raise TypeError(
+            f"hf_posenc.from_pretrained got unexpected argument(s) {unknown}: neither a loading option of "
+            f"transformers' from_pretrained nor an attribute of {config_class.__name__}."
+        )
+    return dict(kwargs)
 
 
 def _local_folder(name_or_path, revision, token, cache_dir, local_files_only, subfolder) -> Path:
     """The checkpoint folder: a local one, or a snapshot of a Hub repo without any code files."""
-    path = Path(name_or_path)
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"{path} is a file; pass the checkpoint folder that holds config.json.")
+    path = check_local_source(name_or_path)
+    if path is not None:
         return path / subfolder if subfolder else path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(str(name_or_path))
-    except HFValidationError as error:
-        raise FileNotFoundError(f"{name_or_path} is neither a local folder nor a Hub repo id ({error}).") from None
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "README.md"]
     if subfolder:
         patterns = [f"{subfolder}/{p}" for p in patterns]
-    folder = snapshot_download(
+    folder = huggingface_hub.snapshot_download(
         str(name_or_path),
         revision=revision,
         token=token,
@@ -247,9 +311,14 @@ def load_plan(config: dict[str, Any]) -> LoadPlan | None:
     return patched_plan(config) if is_patched(config) else legacy_plan(config)
 
 
-def _build(cls: type[PreTrainedModel], plan: LoadPlan, dtype) -> PreTrainedModel:
-    """The model built from the plan's config: freshly initialized, every tensor then comes from the checkpoint."""
+def _build(
+    cls: type[PreTrainedModel], plan: LoadPlan, dtype, overrides: dict[str, Any] | None = None
+) -> PreTrainedModel:
+    """The model built from the plan's config (with `overrides` set on it, as transformers sets them): freshly
+    initialized as transformers initializes it; every tensor the checkpoint has then comes from the checkpoint."""
     config = CONFIG_MAPPING[plan.base_type].from_dict(copy.deepcopy(plan.config))
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
     model = cls._from_config(config, **({"dtype": dtype} if dtype is not None else {}))
     _size_kept_tables(model, plan.record)
     return model
@@ -330,46 +399,91 @@ def _install_position_map(model: PreTrainedModel, stack, entry: StackRecord) -> 
 
 def _read_weights(folder: Path, rename: Callable[[str], str | None]) -> dict[str, torch.Tensor]:
     state = {}
-    for path in weight_files(folder):
-        for key, tensor in load_file(path).items():
+    for path in weight_files(folder):  # each checked complete first
+        try:
+            tensors = load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{path} is incomplete or corrupt ({error}). Download or save it again.") from None
+        for key, tensor in tensors.items():
             new_key = rename(key)
             if new_key is not None:
                 state[new_key] = tensor
     return state
 
 
-def load_weights(model: PreTrainedModel, state: dict[str, torch.Tensor], exact: bool, plan: LoadPlan) -> None:
-    """Load `state` into `model`, strictly: every tensor of the model must come from the checkpoint, except tied ones
-    (and, when `model` has another head than the saved one, the new head's); shapes must match.
+def load_weights(
+    model: PreTrainedModel,
+    state: dict[str, torch.Tensor],
+    exact: bool,
+    plan: LoadPlan,
+    ignore_mismatched_sizes: bool = False,
+) -> dict[str, list]:
+    """Load `state` into `model`: the position-encoding and base-model tensors strictly (every one from the
+    checkpoint, tied ones aside, shapes equal); head tensors as transformers loads them (missing or, with
+    `ignore_mismatched_sizes`, differently shaped ones keep their fresh initialization).
+
+    Returns:
+        transformers' loading info: `missing_keys` (newly initialized), `unexpected_keys` (unused),
+        `mismatched_keys` (`(key, checkpoint shape, model shape)`, newly initialized), `error_msgs`.
     """
     state = _align_prefix(model, state)
     expected = model.state_dict()
     mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        (k, tuple(state[k].shape), tuple(v.shape))
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
-    if mismatched:
-        raise ValueError(
-            f"The weights do not match the model rebuilt from config.json ({plan.source}): "
-            f"{'; '.join(mismatched[:5])}. Was config.json (its '{CONFIG_KEY}' block) edited after saving?"
-        )
     missing = [k for k in expected if k not in state and not _is_tied(model, k, state)]
     unexpected = [k for k in state if k not in expected]
-    new_head = [] if exact else _head_keys(model, missing)
-    missing = [k for k in missing if k not in new_head]
-    if missing or (unexpected and exact):
+    head = set(_head_keys(model, [k for k, _, _ in mismatched] + missing + unexpected))
+    position = [k for k, _, _ in mismatched if _is_position_key(model, k) or k not in head]
+    if position:
+        shapes = "; ".join(f"{k}: checkpoint {c}, model {m}" for k, c, m in mismatched if k in position)
+        raise ValueError(
+            f"The weights do not match the model rebuilt from config.json ({plan.source}): {shapes}. "
+            f"Was config.json (its '{CONFIG_KEY}' block or the model sizes) edited after saving?"
+        )
+    if mismatched and not ignore_mismatched_sizes:
+        shapes = "; ".join(f"{k}: checkpoint {c}, model {m}" for k, c, m in mismatched)
+        raise ValueError(
+            f"The {type(model).__name__} head does not fit the checkpoint's weights: {shapes}. Pass "
+            "ignore_mismatched_sizes=True to initialize those weights afresh (e.g. a classifier with another "
+            "num_labels), as in transformers."
+        )
+    strict_missing = [k for k in missing if k not in head or (exact and _is_position_key(model, k))]
+    strict_unexpected = [k for k in unexpected if _is_position_key(model, k) or (exact and k not in head)]
+    if strict_missing or strict_unexpected:
         raise ValueError(
             f"The weights do not match the model rebuilt from config.json ({plan.source}): missing "
-            f"{missing[:6]}{'...' if len(missing) > 6 else ''}, unexpected {unexpected[:6]}"
-            f"{'...' if len(unexpected) > 6 else ''}. Was config.json (its '{CONFIG_KEY}' block) edited after saving?"
+            f"{strict_missing[:6]}{'...' if len(strict_missing) > 6 else ''}, unexpected {strict_unexpected[:6]}"
+            f"{'...' if len(strict_unexpected) > 6 else ''}. Was config.json (its '{CONFIG_KEY}' block) edited after "
+            "saving?"
         )
+    skip = {k for k, _, _ in mismatched}
     with torch.no_grad():
-        model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
-    if new_head or unexpected:
-        logger.warning(
-            "%s: newly initialized %s; unused checkpoint tensors %s.", type(model).__name__, new_head, unexpected
-        )
+        model.load_state_dict({k: v for k, v in state.items() if k in expected and k not in skip}, strict=False)
+    return {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched, "error_msgs": []}
+
+
+def _is_position_key(model: PreTrainedModel, key: str) -> bool:
+    """Whether `key` is a position-encoding tensor: an encoding's parameters or a stack's learned table."""
+    tables = [stack.table for stack in present_stacks(model)]
+    return ".posenc." in f".{key}" or any(f"{table}." in key for table in tables)
+
+
+def _report(model: PreTrainedModel, name_or_path: Any, info: dict[str, list], ignore_mismatched_sizes: bool) -> None:
+    """transformers' load report (newly initialized, unused and re-initialized tensors), logged as it logs it."""
+    if not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]):
+        return
+    report = LoadStateDictInfo(
+        missing_keys=set(info["missing_keys"]),
+        unexpected_keys=set(info["unexpected_keys"]),
+        mismatched_keys=set(info["mismatched_keys"]),
+        error_msgs=[],
+        conversion_errors={},
+        skipped_pp_keys=set(),
+    )
+    log_state_dict_report(model, str(name_or_path), ignore_mismatched_sizes, report, logger)
 
 
 def _head_keys(model: PreTrainedModel, keys: list[str]) -> list[str]:
@@ -403,6 +517,7 @@ def _finish(model: PreTrainedModel, folder: Path, name_or_path, device) -> PreTr
     """A loaded model has no original table to restore: `unpatch_model` must refuse rather than restore random rows."""
     for table in installed_tables(model):
         table.forget_original()
+    mark_loaded(model)
     if model.can_generate() and (folder / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
     model.config._name_or_path = str(name_or_path)

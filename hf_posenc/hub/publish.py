@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import string
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from ..patching import patch_spec
 from ..record import PatchRecord, read_record
 from ..version import __version__
 from .assets import MINILM_NAMES
+from .files import atomic_write
+from .folders import copy_sentence_transformers_files
 from .format import POSENC_PREFIX, auto_targets
 from .provenance import format_mean_std
 
@@ -437,16 +440,21 @@ def save_for_hub(
     save_directory: str | os.PathLike,
     tokenizer: Any = None,
     results: str | os.PathLike | dict | None = None,
+    sentence_transformers_folder: str | os.PathLike | None = None,
     **card_options: Any,
 ) -> Path:
     """Write the folder that `push_to_hub` uploads: the model (`save_pretrained`, with `posenc_loader.py`), the
-    tokenizer (its `model_max_length` included) and a README.md model card (`render_model_card(**card_options)`)."""
+    tokenizer (its `model_max_length` included), a README.md model card (`render_model_card(**card_options)`,
+    written atomically) and, from `sentence_transformers_folder`, a sentence-transformers checkpoint's own files
+    (modules.json, Pooling, Normalize, ...: without them sentence-transformers pools and normalizes otherwise)."""
     card = render_model_card(model, results=results, **card_options)  # first: bad input fails before writing
     folder = Path(save_directory)
     model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    (folder / "README.md").write_text(card, encoding="utf-8")
+    if sentence_transformers_folder is not None:
+        copy_sentence_transformers_files(sentence_transformers_folder, folder)
+    atomic_write(folder / "README.md", card)
     return folder
 
 
@@ -485,6 +493,7 @@ def push_to_hub(
     token: str | None = None,
     commit_message: str | None = None,
     dry_run: bool = False,
+    sentence_transformers_folder: str | os.PathLike | None = None,
     **card_options: Any,
 ) -> PushResult:
     """Save a patched model with its tokenizer and a generated model card, and upload them to the Hub.
@@ -497,7 +506,10 @@ def push_to_hub(
         private: create the repo as private.
         token: a Hub token; default the logged-in one (`HF_TOKEN`, `hf auth login`).
         commit_message: default "Upload <class> patched with <encodings> (hf_posenc <version>)".
-        dry_run: print what would be uploaded (files and sizes) and upload nothing; no token needed.
+        dry_run: print what would be uploaded (files and sizes) and upload nothing; no token needed, and nothing
+            reaches the network.
+        sentence_transformers_folder: the sentence-transformers folder the model was loaded from, whose own files
+            (modules.json, Pooling, Normalize, ...) are uploaded with it.
         **card_options: `base_model`, `license`, `datasets`, `template` (see `render_model_card`).
 
     Returns:
@@ -510,7 +522,7 @@ def push_to_hub(
     check_repo_id(repo_id)
     token = None if dry_run else _token(token)
     with tempfile.TemporaryDirectory(prefix="hf_posenc_push_") as folder:
-        save_for_hub(model, folder, tokenizer, results, repo_id=repo_id, **card_options)
+        save_for_hub(model, folder, tokenizer, results, sentence_transformers_folder, repo_id=repo_id, **card_options)
         files = sorted(
             (p.relative_to(folder).as_posix(), p.stat().st_size) for p in Path(folder).rglob("*") if p.is_file()
         )
@@ -519,6 +531,7 @@ def push_to_hub(
             return PushResult(repo_id, files)
         words = _spec_words(read_record(model.config))
         message = commit_message or f"Upload {type(model).__name__} patched with {words} (hf_posenc {__version__})"
+        print(f"Contacting the Hugging Face Hub: uploading {len(files)} files to {repo_id}.", file=sys.stderr)
         return PushResult(repo_id, files, _upload(folder, repo_id, private, token, message))
 
 

@@ -1,6 +1,6 @@
 """Masked-LM adaptation: let a swapped encoder learn its new positions on running text before the task.
 
-A cold swap loses a pretrained model's sense of word order (DESIGN.md, "a measured caution"). Continued masked-LM
+A cold swap loses a pretrained model's sense of word order (its weights learned the old positions). Continued masked-LM
 training on running text (by default about 100 Wikipedia articles, `hf_posenc.recipes.data.load_running_text`)
 gives the encoder a chance to learn the new positions first. all-MiniLM-L6-v2 has no MLM head:
 `AutoModelForMaskedLM` builds one, newly initialized, with its decoder tied to the word embeddings, and it is trained

@@ -1,6 +1,6 @@
 """The seq2seq recipe: a small BART, patched, trained at one input length and evaluated at several.
 
-No pretrained BART is reachable offline (see OFFLINE_ASSETS.md), so the model is a small `BartConfig` trained here,
+No pretrained BART is reachable offline (no PyPI package ships one), so the model is a small `BartConfig` trained here,
 its shared embeddings warm-started from all-MiniLM-L6-v2's word embeddings (same 384 width, same vocabulary) or
 initialized at random. Every result records `"pretrained_bart": false`, and the tables say so.
 
