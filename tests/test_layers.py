@@ -30,7 +30,7 @@ LAYERS = [
     "hf_posenc.config_form | hf_posenc.trainable",
     "hf_posenc.record",
     "hf_posenc.attention",
-    "hf_posenc.encodings",
+    "hf_posenc.encodings | hf_posenc.augmentation",
     "hf_posenc.relative_terms | hf_posenc.blockwise | hf_posenc.architectures",
     "hf_posenc.version | hf_posenc.option_checks",
 ]
@@ -128,3 +128,16 @@ def test_import_linter_reports_an_upward_import(tmp_path, module, line, contract
     broken = [text for text in done.stdout.splitlines() if text.endswith("BROKEN")]
     assert any(contract in text for text in broken), done.stdout[-3000:]
     assert f"hf_posenc.{module.removesuffix('.py').replace('/', '.')}" in done.stdout
+
+
+def test_every_core_module_sits_in_a_layer():
+    """A new core module must be placed in the layer order (here and in pyproject's import-linter contracts)."""
+    named = {name.strip() for line in LAYERS for name in line.split("|")}
+    entry_points_and_shims = {"hf_posenc.cli", "hf_posenc.data", "hf_posenc.training", "hf_posenc.reporting"}
+    modules = {f"hf_posenc.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    packages = {f"hf_posenc.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    missing = sorted(modules - named - entry_points_and_shims)
+    assert not missing, f"place these modules in LAYERS and in pyproject.toml's import-linter contracts: {missing}"
+    contracts = (PACKAGE.parent / "pyproject.toml").read_text()
+    unlisted = sorted(m for m in named | packages if f'"{m}' not in contracts)
+    assert not unlisted, unlisted
