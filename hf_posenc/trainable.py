@@ -31,7 +31,8 @@ def warn_if_frozen(stack_module: nn.Module) -> bool:
     The parameters are those of the encodings attached to the attention modules, the ones the backend runs: a copy
     that peft's `modules_to_save` makes trainable is not attached, so it does not count.
     """
-    used = {id(p) for module in stack_module.modules() if attached(module) for p in attached(module)[0].parameters()}
+    encodings = [entry[0] for entry in map(attached, stack_module.modules()) if entry and entry[0] is not None]
+    used = {id(p) for encoding in encodings for p in encoding.parameters()}
     names, training = [], False
     for name, parameter in stack_module.named_parameters(remove_duplicate=False):
         if id(parameter) in used:

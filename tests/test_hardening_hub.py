@@ -513,3 +513,25 @@ def test_no_warning_for_loaded_position_parameters_or_eval(tmp_path):
         fresh.requires_grad_(False)
         with torch.no_grad():
             fresh(input_ids=token_ids(1, 8))
+
+
+@pytest.mark.parametrize("options", [{"attention_scale": "log"}, {"attention_window": 4}])
+def test_a_training_forward_of_a_learned_table_run_by_the_backend(options):
+    """`learned` with attention scaling or local attention runs in the posenc backend with no relative encoding
+    attached: the frozen-parameter check must handle attention modules that carry no encoding."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    model = hf_posenc.patch_model(BertForSequenceClassification(config), "learned", **options).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hf_posenc.trainable.FrozenPositionsWarning)
+        loss = model(input_ids=torch.randint(0, 50, (2, 12)), labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    assert torch.isfinite(loss)
