@@ -16,6 +16,7 @@ CLI_MODULES: tuple[str, ...] = (
     "hf_posenc.hub.cli",
     "hf_posenc.recipes.training",
     "hf_posenc.bench.harness",
+    "hf_posenc.recipes.probes",
 )
 """Modules that contribute subcommands (`register_cli`)."""
 

