@@ -142,14 +142,19 @@ def test_every_document_has_one_key_at_its_depth_and_the_exact_length(tokenizer,
     assert all(d.key.split()[3] in CITIES for d in needle)
 
 
-def test_passkey_documents_differ_only_in_the_key(tokenizer, haystack):
-    group = generate_probe_set(tokenizer, settings(haystack, tasks=["passkey"])).groups[1]
-    for a in group.documents:
-        for b in group.documents:
-            strip = [*a.input_ids[: a.key_start], *a.input_ids[a.key_start + a.key_length :]]
-            other = [*b.input_ids[: b.key_start], *b.input_ids[b.key_start + b.key_length :]]
-            if a.key_length == b.key_length:
-                assert strip == other
+def without_key(document) -> list[int]:
+    return [*document.input_ids[: document.key_start], *document.input_ids[document.key_start + document.key_length :]]
+
+
+@pytest.mark.parametrize("task", ["passkey", "needle"])
+def test_documents_of_a_length_differ_only_in_the_key(tokenizer, haystack, task):
+    for group in generate_probe_set(tokenizer, settings(haystack, tasks=[task])).groups:
+        by_key_length = {}
+        for document in group.documents:  # keys of equal token length leave haystacks of equal length
+            by_key_length.setdefault(document.key_length, []).append(without_key(document))
+        assert all(len({tuple(h) for h in same}) == 1 for same in by_key_length.values())
+    varied = generate_probe_set(tokenizer, settings(haystack, tasks=["needle"], varied_haystack=True)).groups[-1]
+    assert len({tuple(without_key(d)[:20]) for d in varied.documents}) > 1
 
 
 def test_probe_set_is_cached_under_its_settings_hash(tokenizer, haystack, tmp_path):

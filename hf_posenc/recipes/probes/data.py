@@ -9,9 +9,11 @@ position, separates the candidates.
 - **passkey**: the haystack is the same filler for every document ("The grass is green. The sky is blue. ..."), so
   two documents differ only in their key sentence "<name>'s pass key is <5 digits>. Remember it. <5 digits> is the
   pass key." and where it sits; the query is "What is <name>'s pass key?".
-- **needle**: the haystack is real running text (Wikipedia articles by default, via `load_running_text`), a different
-  window for every document; the key is "The special magic <city> number is <7 digits>." and the query "What is the
-  special magic <city> number?".
+- **needle**: the haystack is real running text (Wikipedia articles by default, via `load_running_text`): one window
+  of it per length, shared by all documents of that length as LongEmbed inserts its needles into the same essay
+  (`varied_haystack=True` gives every document its own window, which adds topic noise); the key is "The special magic
+  <city> number is <7 digits>." (the needle of Kamradt's LLM test) and the query "What is the special magic <city>
+  number?".
 
 Documents are token ids, not text: a document of length L has exactly L ids, special tokens included ([CLS] and
 [SEP] for BERT), measured with the checkpoint's own tokenizer. Ids are never decoded and re-tokenized (that is not
@@ -80,7 +82,9 @@ class ProbeSettings:
         long_from: See `long_per_depth`.
         seed: Seed of the key values, names and haystack windows.
         haystack: Running text for the needle task, anything `load_running_text` takes ("wikipedia": about 100
-            English Wikipedia articles shipped in a PyPI wheel; or a local .txt file, one paragraph per line).
+            English Wikipedia articles shipped in a PyPI wheel; or a local .txt file, paragraphs separated by blank
+            lines).
+        varied_haystack: Give every needle document its own haystack window (default: one window per length).
     """
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
@@ -91,6 +95,7 @@ class ProbeSettings:
     long_from: int = 4096
     seed: int = 0
     haystack: str = "wikipedia"
+    varied_haystack: bool = False
 
     def __post_init__(self) -> None:
         self.tasks, self.lengths, self.depths = list(self.tasks), [int(n) for n in self.lengths], list(self.depths)
@@ -297,6 +302,7 @@ def generate_probe_set(tokenizer: Any, settings: ProbeSettings, haystack: list[s
             rng = random.Random(f"{settings.seed}/{task}/{length}")
             count = settings.documents_per_depth(length) * len(settings.depths)
             names = rng.sample(NAMES if task == "passkey" else CITIES, count)
+            shared_start = rng.choice(boundaries)
             documents = []
             for index, name in enumerate(names):
                 depth = settings.depths[index // settings.documents_per_depth(length)]
@@ -312,7 +318,7 @@ def generate_probe_set(tokenizer: Any, settings: ProbeSettings, haystack: list[s
                     raise ValueError(
                         f"A {task} document of {length} tokens has no room for its key: raise the length."
                     )
-                start = rng.choice(boundaries) if task == "needle" else 0
+                start = rng.choice(boundaries) if settings.varied_haystack else shared_start
                 hay = _window(stream, start, room)
                 body, key_start = _insert(hay, key_ids, depth, stops)
                 documents.append(

@@ -266,8 +266,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Acc@1 (the query's nearest document by cosine, {config['pooling']} pooling, is its own; ties count as "
         f"misses) over all documents of a length. Probe set `{summary['hash']}`: depths {settings['depths']}, "
         f"{settings['per_depth']} documents per depth ({settings['long_per_depth']} above {settings['long_from']} "
-        f"tokens), seed {settings['seed']}, needle haystack `{settings['haystack']}`. Lengths count the "
-        "tokenizer's ids, special tokens included. — : not run (past the method's limit).\n",
+        f"tokens), seed {settings['seed']}, needle haystack `{settings['haystack']}` ("
+        f"{'a window per document' if settings.get('varied_haystack') else 'one window per length'}). Lengths "
+        "count the tokenizer's ids, special tokens included. — : not run (past the method's limit).\n",
     ]
     for task in settings["tasks"]:
         text.append(f"## {task}\n")
@@ -451,7 +452,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument(
         "--haystack",
         default=defaults.haystack,
-        help="needle haystack: wikipedia (offline) or a .txt file, one paragraph per line",
+        help="needle haystack: wikipedia (offline) or a .txt file of running text",
+    )
+    probe.add_argument(
+        "--varied_haystack", action="store_true", help="a haystack window per needle document (default: per length)"
     )
     run = parser.add_argument_group("run")
     run.add_argument("--pooling", choices=POOLINGS, default="mean", help="mean (over the mask) or cls pooling")
@@ -507,6 +511,7 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
         long_from=args.long_from,
         seed=args.seed,
         haystack=args.haystack,
+        varied_haystack=args.varied_haystack,
     )
     methods: list[Any] = list(args.methods or [])
     custom = any(getattr(args, k) for k in ("encoding", "max_length", "init", "position_ids", "chunked", "option"))
