@@ -395,9 +395,16 @@ def test_command_line(checkpoint, haystack, tmp_path, capsys):
 
 def test_cli_is_registered():
     from hf_posenc.cli import build_parser
+    from hf_posenc.recipes.probes.run import config_from_args
 
     args = build_parser().parse_args(["probe", "--methods", "grouped", "chunked"])
     assert args.methods == ["grouped", "chunked"] and args.func.__name__ == "_cli_probe"
+    args = build_parser().parse_args(["probe", "--methods", "grouped", "--max_length", "8192", "--lengths", "8192"])
+    config = config_from_args(args)  # --max_length sets the presets' limit; no extra custom method
+    assert [(m.name, m.max_length) for m in config.methods] == [("grouped", 8192)]
+    assert config.settings.documents_per_depth(8192) == 4 and config.settings.documents_per_depth(2048) == 8
+    with pytest.raises(ValueError, match="Unknown probe method 'groupd'"):
+        config_from_args(build_parser().parse_args(["probe", "--methods", "groupd"]))
 
 
 def test_study_config_loads():

@@ -92,7 +92,7 @@ class ProbeSettings:
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     per_depth: int = 8
     long_per_depth: int = 4
-    long_from: int = 4096
+    long_from: int = 2048
     seed: int = 0
     haystack: str = "wikipedia"
     varied_haystack: bool = False

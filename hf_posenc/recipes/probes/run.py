@@ -38,9 +38,11 @@ from .embed import (
 DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
 
 SIZING = (
-    "Sized for 2 CPU cores: 5 depths x 8 documents = 40 candidates per length (chance 0.025) and 40 queries, at 128 "
-    "to 4096 tokens, for 2 tasks (passkey, needle); lengths above 4096 (8192 on request) get 4 per depth (20). At "
-    "about 0.7 s per 4096-token and 0.35 s per 2048-token MiniLM document (2 threads), one method takes 4-9 minutes."
+    "Sized for 2 CPU cores: 2 tasks (passkey, needle) x 6 lengths (128 to 4096 tokens); per length 5 depths x 8 "
+    "documents = 40 candidates and 40 queries up to 2048 tokens (chance 0.025), 5 x 4 = 20 at 4096 and above (chance "
+    "0.05; 8192 on request). That is 220 documents and 241k document tokens per task; all-MiniLM-L6-v2 on 2 idle "
+    "threads embeds a 4096-token document in about 1.4 s and a 2048-token one in 0.5 s, so one method takes about 2.5 "
+    "minutes idle and under 10 on a machine shared as ours was (slower encodings: relative_key_query about 2.5x)."
 )
 """How the default probe is sized (README and `--help`)."""
 
@@ -103,21 +105,21 @@ class ProbeConfig:
         return record
 
 
-def resolve_method(method: str | dict | ProbeMethod) -> ProbeMethod:
+def resolve_method(method: str | dict | ProbeMethod, presets: dict[str, ProbeMethod] | None = None) -> ProbeMethod:
     """A method from a preset name (see `preset_methods`), a dict of `ProbeMethod` fields, or a `ProbeMethod`.
 
     A dict with only a `name` (and `lengths`) that is a preset takes the preset's fields.
     """
+    presets = presets or preset_methods()
     if isinstance(method, ProbeMethod):
         return method
     if isinstance(method, str):
-        presets = preset_methods()
         if method not in presets:
             raise ValueError(f"Unknown probe method {method!r}: choose from {', '.join(presets)} or give its fields.")
         return presets[method]
     if isinstance(method, dict):
-        if set(method) <= {"name", "lengths"} and method.get("name") in preset_methods():
-            return ProbeMethod(**{**asdict(preset_methods()[method["name"]]), **method})
+        if set(method) <= {"name", "lengths"} and method.get("name") in presets:
+            return ProbeMethod(**{**asdict(presets[method["name"]]), **method})
         return ProbeMethod.from_dict(method)
     raise TypeError(f"A probe method is a name, a dict or a ProbeMethod, not {type(method).__name__}.")
 
@@ -361,9 +363,15 @@ def plot_heatmaps(results: dict[str, Any], path: Path) -> None:
                     if value is not None:
                         grid[i, j] = value
             image = axis.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            for i in range(len(depths)):
+                for j in range(len(lengths)):
+                    if not torch.isnan(grid[i, j]):
+                        color = "black" if grid[i, j] > 0.6 else "white"
+                        axis.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6, color=color)
             axis.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
             axis.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
             axis.set_title(f"{name} / {task}", fontsize=8)
+            axis.set_xlabel("length (tokens)", fontsize=7)
             if column == 0:
                 axis.set_ylabel("depth", fontsize=7)
     figure.colorbar(image, ax=axes, shrink=0.6, label="Acc@1")
@@ -513,9 +521,10 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
         haystack=args.haystack,
         varied_haystack=args.varied_haystack,
     )
-    methods: list[Any] = list(args.methods or [])
-    custom = any(getattr(args, k) for k in ("encoding", "max_length", "init", "position_ids", "chunked", "option"))
-    if custom or args.attention_scale or not methods:
+    presets = preset_methods(max_length=args.max_length or 4096)  # --max_length also sets the presets' limit
+    methods: list[Any] = [resolve_method(name, presets) for name in args.methods or []]
+    custom = ("encoding", "init", "position_ids", "chunked", "option", "attention_scale")
+    if any(getattr(args, k) for k in custom) or not methods:
         methods.append(_method_from_args(args))
     return ProbeConfig(
         checkpoint=args.checkpoint or DEFAULT_CHECKPOINT,
