@@ -241,7 +241,8 @@ class _Layout:
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # verbose=False: a long haystack paragraph is more than model_max_length tokens, which is intended here
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def _sentence_starts(ids: Sequence[int], stops: set[int]) -> list[int]:

@@ -220,14 +220,16 @@ def run_probes(
     results: dict[str, Any] = {
         "kind": "probe",
         "config": asdict(config),
+        "config_hash": config_hash(config),
         "probe_set": probe_set.summary(),
         "methods": {},
         "environment": environment(),
     }
     for method in config.methods:
         path = folder / "methods" / f"{slug(method.name)}.json"
-        if resume and path.is_file():
-            results["methods"][method.name] = json.loads(path.read_text())
+        stored = json.loads(path.read_text()) if resume and path.is_file() else None
+        if stored and stored.get("status") == "done":  # an unavailable method is retried: hf_posenc may have it now
+            results["methods"][method.name] = stored
             continue
         try:
             outcome = run_method(config, method, probe_set, progress=progress)
