@@ -357,7 +357,7 @@ def test_run_writes_results_per_method_and_resumes(checkpoint, haystack, tmp_pat
     text = (out / "results.md").read_text()
     assert "| chance |" in text and "**swap-alibi, needle**" in text
 
-    # An interrupted run: drop one method's file; --resume re-runs only that one.
+    # An interrupted run: drop one method's file; --resume re-runs only that one (and the unavailable one).
     (out / "methods" / "swap-alibi.json").unlink()
     ran = []
     from hf_posenc.recipes.probes import run as run_module
@@ -365,7 +365,8 @@ def test_run_writes_results_per_method_and_resumes(checkpoint, haystack, tmp_pat
     real = run_module.run_method
     monkeypatch.setattr(run_module, "run_method", lambda c, m, s, **k: ran.append(m.name) or real(c, m, s, **k))
     resumed = run_probes(config, resume=True, progress=False)
-    assert ran == ["swap-alibi"]
+    unavailable = results["methods"]["needs-scale"]["status"] == "unavailable"
+    assert ran == ["swap-alibi"] + (["needs-scale"] if unavailable else [])  # unavailable methods are retried
     assert resumed["methods"]["stock"] == results["methods"]["stock"]
     with pytest.raises(ValueError, match="already holds probe results.*--resume"):
         run_probes(config, progress=False)
