@@ -42,7 +42,8 @@ SIZING = (
     "documents = 40 candidates and 40 queries up to 2048 tokens (chance 0.025), 5 x 4 = 20 at 4096 and above (chance "
     "0.05; 8192 on request). That is 220 documents and 241k document tokens per task; all-MiniLM-L6-v2 on 2 idle "
     "threads embeds a 4096-token document in about 1.4 s and a 2048-token one in 0.5 s, so one method takes about 2.5 "
-    "minutes idle and under 10 on a machine shared as ours was (slower encodings: relative_key_query about 2.5x)."
+    "minutes idle and about 10 on 2 cores shared with 4 other jobs (load 8). relative_key, relative_key_query and "
+    "NEZHA run 4-12x slower than the learned table at 4096 tokens."
 )
 """How the default probe is sized (README and `--help`)."""
 
@@ -554,6 +555,7 @@ def register_cli(subparsers) -> None:
         "probe",
         help="long-context passkey / needle retrieval probes (LongEmbed-style) for a checkpoint and method(s)",
         description="Passkey and needle retrieval at 128 to 4096+ tokens, Acc@1 per length and depth. " + SIZING,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(func=_cli_probe)
@@ -563,7 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     """`python recipes/probe.py ...`: the same as `hf-posenc probe ...`."""
     import sys
 
-    parser = argparse.ArgumentParser(prog="probe", description="Long-context retrieval probes. " + SIZING)
+    parser = argparse.ArgumentParser(
+        prog="probe",
+        description="Long-context retrieval probes. " + SIZING,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
