@@ -370,6 +370,8 @@ def test_run_writes_results_per_method_and_resumes(checkpoint, haystack, tmp_pat
     assert resumed["methods"]["stock"] == results["methods"]["stock"]
     with pytest.raises(ValueError, match="already holds probe results.*--resume"):
         run_probes(config, progress=False)
+    reordered = ProbeConfig(**{**config.__dict__, "methods": config.methods[::-1], "batch_size": 2})
+    assert run_probes(reordered, resume=True, progress=False)["methods"]["chunked"] == resumed["methods"]["chunked"]
     changed = ProbeConfig(**{**config.__dict__, "settings": settings(haystack, lengths=[48, 64, 96], seed=9)})
     with pytest.raises(ValueError, match="different config.*settings"):
         run_probes(changed, resume=True, progress=False)

@@ -99,10 +99,12 @@ class ProbeConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def identity(self) -> dict[str, Any]:
-        """What the scores depend on (not the output folder or batch size): compared by `--resume`."""
+        """What the scores depend on, compared by `--resume`: not the output folder, batch size, title or the order
+        of the methods (so a stopped study can be resumed with its remaining methods reordered)."""
         record = asdict(self)
         for key in ("output_dir", "batch_size", "name"):
             record.pop(key)
+        record["methods"] = sorted(record["methods"], key=lambda method: method["name"])
         return record
 
 
