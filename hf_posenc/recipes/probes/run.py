@@ -336,7 +336,8 @@ def plot_scores(results: dict[str, Any], path: Path) -> None:
         axis.set_title(task)
         axis.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.suptitle(f"{results['config']['name']}: {Path(str(results['config']['checkpoint'])).name}")
+    title, model = results["config"]["name"], Path(str(results["config"]["checkpoint"])).name
+    figure.suptitle(title if model in title else f"{title}: {model}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -354,7 +355,11 @@ def plot_heatmaps(results: dict[str, Any], path: Path) -> None:
         return
     tasks, lengths, depths = settings["tasks"], settings["lengths"], settings["depths"]
     figure, axes = plt.subplots(
-        len(done), len(tasks), figsize=(4.2 * len(tasks) + 1, 1.9 * len(done) + 0.6), squeeze=False
+        len(done),
+        len(tasks),
+        figsize=(4.2 * len(tasks) + 1, 2.2 * len(done) + 0.6),
+        squeeze=False,
+        layout="constrained",
     )
     image = None
     for row, (name, r) in enumerate(done.items()):
@@ -376,7 +381,8 @@ def plot_heatmaps(results: dict[str, Any], path: Path) -> None:
             axis.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
             axis.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
             axis.set_title(f"{name} / {task}", fontsize=8)
-            axis.set_xlabel("length (tokens)", fontsize=7)
+            if row == len(done) - 1:
+                axis.set_xlabel("length (tokens)", fontsize=7)
             if column == 0:
                 axis.set_ylabel("depth", fontsize=7)
     figure.colorbar(image, ax=axes, shrink=0.6, label="Acc@1")
