@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 
@@ -272,6 +273,26 @@ def test_every_preset_method_builds_and_runs_past_the_trained_length(checkpoint,
     assert embedding.shape == (1, 32) and torch.isfinite(embedding).all()
 
 
+def test_dynamic_scaling_runs_short_inputs_on_the_stock_model(checkpoint):
+    from hf_posenc.recipes.probes import DynamicEmbedder
+
+    stock, tokenizer, _ = build_model(str(checkpoint), ProbeMethod())
+    for method in (
+        ProbeMethod("gd", encoding="learned", position_ids="grouped", max_length=256, dynamic=True),
+        ProbeMethod("pd", init="interpolate", max_length=256, dynamic=True),
+    ):
+        embedder = DynamicEmbedder(str(checkpoint), method)
+        short, long = [2, *range(10, 48), 3], [2, *([20, 21, 22] * 42), 3]  # 40 and 128 tokens: scales 1 and 2
+        together = embedder([long, short])
+        torch.testing.assert_close(together[1], ModelEmbedder(stock, tokenizer)([short])[0])
+        fixed = dataclasses.replace(method, max_length=128, dynamic=False)  # scale 2: group size / stretch 2
+        model, _, _ = build_model(str(checkpoint), fixed)
+        torch.testing.assert_close(together[0], ModelEmbedder(model, tokenizer)([long])[0])
+        assert sorted(embedder.embedders) == [1, 2]
+    with pytest.raises(ValueError, match="dynamic scales a learned-table extension"):
+        ProbeMethod("x", encoding="alibi", max_length=128, dynamic=True)
+
+
 def test_attention_scale_is_forwarded(checkpoint, monkeypatch):
     calls = []
     real = hf_posenc.patch_model
@@ -372,6 +393,19 @@ def test_run_writes_results_per_method_and_resumes(checkpoint, haystack, tmp_pat
         run_probes(config, progress=False)
     reordered = ProbeConfig(**{**config.__dict__, "methods": config.methods[::-1], "batch_size": 2})
     assert run_probes(reordered, resume=True, progress=False)["methods"]["chunked"] == resumed["methods"]["chunked"]
+    redefined = ProbeConfig(**{**config.__dict__, "methods": [ProbeMethod("chunked", chunked=True, chunk_length=32)]})
+    with pytest.raises(ValueError, match="method 'chunked'.*another definition"):
+        run_probes(redefined, resume=True, progress=False)
+    added = ProbeConfig(
+        **{
+            **config.__dict__,
+            "methods": [
+                *config.methods,
+                ProbeMethod("recurrent", encoding="learned", position_ids="recurrent", max_length=128),
+            ],
+        }
+    )
+    assert "recurrent" in run_probes(added, resume=True, progress=False)["methods"]  # new methods run
     changed = ProbeConfig(**{**config.__dict__, "settings": settings(haystack, lengths=[48, 64, 96], seed=9)})
     with pytest.raises(ValueError, match="different config.*settings"):
         run_probes(changed, resume=True, progress=False)
@@ -380,16 +414,44 @@ def test_run_writes_results_per_method_and_resumes(checkpoint, haystack, tmp_pat
 def test_command_line(checkpoint, haystack, tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(
-        [str(checkpoint), "--position_ids", "grouped", "--max_length", "128", "--lengths", "48", "128",
-         "--depths", "0", "1", "--per_depth", "1", "--haystack", haystack, "--output_dir", str(out), "--no_progress"]
-    )  # fmt: skip
+        [
+            str(checkpoint),
+            "--position_ids",
+            "grouped",
+            "--max_length",
+            "128",
+            "--lengths",
+            "48",
+            "128",
+            "--depths",
+            "0",
+            "1",
+            "--per_depth",
+            "1",
+            "--haystack",
+            haystack,
+            "--output_dir",
+            str(out),
+            "--no_progress",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == ["learned grouped 128"]
     assert "| learned grouped 128 |" in capsys.readouterr().out
     # Without --lengths the default lengths past the stock model's limit are skipped and recorded as such.
-    code = main([str(checkpoint), "--tasks", "passkey", "--per_depth", "1", "--output_dir", str(tmp_path / "s"),
-                 "--no_progress"])  # fmt: skip
+    code = main(
+        [
+            str(checkpoint),
+            "--tasks",
+            "passkey",
+            "--per_depth",
+            "1",
+            "--output_dir",
+            str(tmp_path / "s"),
+            "--no_progress",
+        ]
+    )
     stock = json.loads((tmp_path / "s" / "results.json").read_text())["methods"]["stock"]
     assert code == 0 and stock["lengths"] == [] and stock["skipped_lengths"][0] == 128
     assert main([str(checkpoint), "--lengths", "128", "--output_dir", str(tmp_path / "x")]) == 2

@@ -17,6 +17,7 @@ or `hf-posenc probe --position_ids grouped --max_length 4096`. Layers: `data` (g
 
 from .data import TASKS, ProbeDocument, ProbeGroup, ProbeSet, ProbeSettings, generate_probe_set, load_probe_set
 from .embed import (
+    DynamicEmbedder,
     ModelEmbedder,
     ProbeMethod,
     apply_method,
@@ -32,6 +33,7 @@ from .run import SIZING, ProbeConfig, main, register_cli, render, run_probes
 __all__ = [
     "SIZING",
     "TASKS",
+    "DynamicEmbedder",
     "ModelEmbedder",
     "ProbeConfig",
     "ProbeDocument",

@@ -12,6 +12,7 @@ every other candidate, so a constant embedding scores 0, not 1 / candidates.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ class ProbeMethod:
         chunked: Embed windows of `chunk_length` tokens and average them, weighted by their token counts.
         chunk_length: The window, special tokens included; default the checkpoint's trained length.
         lengths: Probe lengths for this method (a subset of the set's); default all that the model accepts.
+        dynamic: Scale each input by its own length, as LongEmbed does for grouped positions and interpolation: an
+            input of L tokens runs on the checkpoint extended to s * T positions, s = ceil(L / T) (T: the trained
+            length; group size or stretch s), so inputs up to T, queries included, run on the stock model.
+            `max_length` is then the longest input. For `init` / `position_ids` extensions only.
     """
 
     name: str = "stock"
@@ -65,6 +70,7 @@ class ProbeMethod:
     chunked: bool = False
     chunk_length: int | None = None
     lengths: list[int] | None = None
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         if self.init is not None and self.init not in INITS:
@@ -81,6 +87,8 @@ class ProbeMethod:
             raise ValueError("group_size applies to position_ids='grouped' only.")
         if self.chunk_length is not None and not self.chunked:
             raise ValueError("chunk_length applies to chunked encoding only (--chunked).")
+        if self.dynamic and not (self.init or self.position_ids) or self.dynamic and self.chunked:
+            raise ValueError("dynamic scales a learned-table extension per input: pass --init or --position_ids.")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProbeMethod:
@@ -105,6 +113,8 @@ def preset_methods(max_length: int = 4096, attention_scale: str = "log") -> dict
             ProbeMethod(f"swap-{name}", encoding=name, max_length=n)
             for name in ("sinusoidal", "relative_key", "relative_key_query", "t5", "alibi", "rope", "nezha")
         ),
+        ProbeMethod("extend-interpolate-dynamic", init="interpolate", max_length=n, dynamic=True),
+        ProbeMethod("grouped-dynamic", encoding="learned", position_ids="grouped", max_length=n, dynamic=True),
         ProbeMethod("extend-interpolate+scale", init="interpolate", max_length=n, attention_scale=attention_scale),
         ProbeMethod(
             "grouped+scale", encoding="learned", position_ids="grouped", max_length=n, attention_scale=attention_scale
@@ -275,6 +285,44 @@ class ModelEmbedder:
             part = embeddings[index : index + len(document)]
             out.append((part * counts).sum(0) / counts.sum())
             index += len(document)
+        return torch.stack(out)
+
+
+class DynamicEmbedder:
+    """Embed each input on the checkpoint extended for its own length (`ProbeMethod.dynamic`, LongEmbed's setting).
+
+    An input of L tokens goes to a model extended to `s * T` positions with `s = ceil(L / T)`: `s = 1` is the stock
+    model, so short inputs and queries are unchanged; one model per scale is built on first use and kept.
+    """
+
+    def __init__(self, checkpoint: str, method: ProbeMethod, *, pooling: str = "mean", batch_size: int = 8) -> None:
+        self.checkpoint, self.method, self.pooling, self.batch_size = checkpoint, method, pooling, batch_size
+        stock, self.tokenizer, self.trained = build_model(checkpoint, ProbeMethod(name="stock"))
+        self.embedders = {1: ModelEmbedder(stock, self.tokenizer, pooling=pooling, batch_size=batch_size)}
+        self.patch_specs: dict[int, Any] = {}
+
+    def scale(self, length: int) -> int:
+        return max(1, -(-length // self.trained))
+
+    def embedder(self, scale: int) -> ModelEmbedder:
+        if scale not in self.embedders:
+            import hf_posenc
+
+            extended = dataclasses.replace(self.method, max_length=scale * self.trained, dynamic=False)
+            model, tokenizer, _ = build_model(self.checkpoint, extended)
+            self.patch_specs[scale] = hf_posenc.patch_spec(model)
+            self.embedders[scale] = ModelEmbedder(model, tokenizer, pooling=self.pooling, batch_size=self.batch_size)
+        return self.embedders[scale]
+
+    def __call__(self, sequences: list[list[int]]) -> torch.Tensor:
+        out: list[torch.Tensor | None] = [None] * len(sequences)
+        by_scale: dict[int, list[int]] = {}
+        for index, sequence in enumerate(sequences):
+            by_scale.setdefault(self.scale(len(sequence)), []).append(index)
+        for scale, indices in sorted(by_scale.items()):
+            embeddings = self.embedder(scale)([sequences[i] for i in indices])
+            for row, index in enumerate(indices):
+                out[index] = embeddings[row]
         return torch.stack(out)
 
 

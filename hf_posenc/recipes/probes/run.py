@@ -26,6 +26,7 @@ from .embed import (
     INITS,
     POOLINGS,
     POSITION_MAPS,
+    DynamicEmbedder,
     ModelEmbedder,
     ProbeMethod,
     build_model,
@@ -99,8 +100,7 @@ class ProbeConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def identity(self) -> dict[str, Any]:
-        """What the scores depend on, compared by `--resume`: not the output folder, batch size, title or the order
-        of the methods (so a stopped study can be resumed with its remaining methods reordered)."""
+        """What the scores depend on (not the output folder, batch size, title or the order of the methods)."""
         record = asdict(self)
         for key in ("output_dir", "batch_size", "name"):
             record.pop(key)
@@ -141,8 +141,14 @@ def run_method(config: ProbeConfig, method: ProbeMethod, probe_set, *, progress:
     from hf_posenc import patch_spec
 
     start = time.perf_counter()
-    model, tokenizer, trained = build_model(config.checkpoint, method)
-    limit = input_limit(model)
+    if method.dynamic:  # a model per scale, built on first use; the longest input is max_length
+        embedder: Any = DynamicEmbedder(
+            config.checkpoint, method, pooling=config.pooling, batch_size=config.batch_size
+        )
+        trained, limit = embedder.trained, method.max_length
+    else:
+        model, tokenizer, trained = build_model(config.checkpoint, method)
+        limit = input_limit(model)
     wanted = method.lengths or config.settings.lengths
     if config.strict_lengths or method.lengths:
         check_lengths(wanted, limit, method)
@@ -150,23 +156,24 @@ def run_method(config: ProbeConfig, method: ProbeMethod, probe_set, *, progress:
     else:
         lengths = [n for n in wanted if n <= limit or method.chunked]
         skipped = [n for n in wanted if n not in lengths]
-    embedder = ModelEmbedder(
-        model,
-        tokenizer,
-        pooling=config.pooling,
-        batch_size=config.batch_size,
-        chunk_length=(method.chunk_length or trained) if method.chunked else None,
-    )
+    if not method.dynamic:
+        embedder = ModelEmbedder(
+            model,
+            tokenizer,
+            pooling=config.pooling,
+            batch_size=config.batch_size,
+            chunk_length=(method.chunk_length or trained) if method.chunked else None,
+        )
     scores = evaluate(
         probe_set, embedder, lengths=lengths, batch_size=config.batch_size, progress=progress, description=method.name
     )
     return {
         "method": asdict(method),
         "status": "done",
-        "patch_spec": patch_spec(model),
+        "patch_spec": {str(k): v for k, v in embedder.patch_specs.items()} if method.dynamic else patch_spec(model),
         "trained_length": trained,
         "input_limit": None if method.chunked else limit,
-        "chunk_length": embedder.chunk_length,
+        "chunk_length": None if method.dynamic else embedder.chunk_length,
         "lengths": lengths,
         "skipped_lengths": skipped,
         **scores,
@@ -178,14 +185,7 @@ def _prepare_output(config: ProbeConfig, folder: Path, resume: bool, overwrite: 
     stored = folder / "config.json"
     methods = folder / "methods"
     if resume:
-        if stored.is_file():
-            previous = ProbeConfig.from_file(stored).identity()
-            if previous != config.identity():
-                changed = sorted(k for k in previous if previous[k] != config.identity().get(k))
-                raise ValueError(
-                    f"--resume: {folder} holds a run of a different config (differs in {changed}). Resume with the "
-                    "same config, or pick another --output_dir (or --overwrite to start over there)."
-                )
+        _check_resume(config, folder)
     elif methods.is_dir() and any(methods.glob("*.json")):
         if not overwrite:
             raise ValueError(f"{folder} already holds probe results: pass --resume to continue or --overwrite.")
@@ -196,6 +196,34 @@ def _prepare_output(config: ProbeConfig, folder: Path, resume: bool, overwrite: 
     write_json(asdict(config), stored)
 
 
+def _check_resume(config: ProbeConfig, folder: Path) -> None:
+    """Refuse to resume into results that another config produced.
+
+    What every stored score depends on must match: checkpoint, probe set, pooling, length policy, and the definition
+    of each method already finished. Methods may be reordered or added (they run), never redefined under a name.
+    """
+    stored = folder / "config.json"
+    if not stored.is_file():
+        return
+    previous, current = ProbeConfig.from_file(stored).identity(), config.identity()
+    previous.pop("methods"), current.pop("methods")
+    if previous != current:
+        changed = sorted(k for k in previous if previous[k] != current.get(k))
+        raise ValueError(
+            f"--resume: {folder} holds a run of a different config (differs in {changed}). Resume with the same "
+            "config, or pick another --output_dir (or --overwrite to start over there)."
+        )
+    for method in config.methods:
+        path = folder / "methods" / f"{slug(method.name)}.json"
+        if path.is_file():
+            done = ProbeMethod.from_dict(json.loads(path.read_text())["method"])
+            if asdict(done) != asdict(method):
+                raise ValueError(
+                    f"--resume: method {method.name!r} in {folder} was run with another definition ({asdict(done)}). "
+                    "Give the new definition another name, or --overwrite."
+                )
+
+
 def run_probes(
     config: ProbeConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -203,8 +231,9 @@ def run_probes(
 
     Args:
         config: The run.
-        resume: Continue a run in `config.output_dir`: methods already written there are kept, not re-run. The
-            stored config must match (`ProbeConfig.identity`), else a ValueError.
+        resume: Continue a run in `config.output_dir`: methods already written there are kept, not re-run.
+            Checkpoint, probe set, pooling and the finished methods' definitions must match the stored run, else a
+            ValueError; methods may be reordered or added.
         overwrite: Start over in a folder that holds results.
         progress: tqdm bars.
 
@@ -449,6 +478,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--attention_scale", help="passed to patch_model as attention_scale (e.g. log)")
     method.add_argument("--chunked", action="store_true", help="embed windows of the trained length, average them")
     method.add_argument("--chunk_length", type=int, help="window of --chunked (default: the trained length)")
+    method.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="scale --init / --position_ids per input (s = ceil(L / trained length), LongEmbed): short inputs as is",
+    )
     probe = parser.add_argument_group("probe set")
     defaults = ProbeSettings()
     probe.add_argument("--tasks", nargs="*", choices=TASKS, default=defaults.tasks, help="probe tasks")
@@ -481,7 +515,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--pooling", choices=POOLINGS, default="mean", help="mean (over the mask) or cls pooling")
     run.add_argument("--batch_size", type=int, default=4, help="documents per forward pass")
     run.add_argument("--output_dir", help="results folder (default: runs/probe, or the config's)%(default).0s")
-    run.add_argument("--resume", action="store_true", help="continue a run in --output_dir (same config only)")
+    run.add_argument(
+        "--resume", action="store_true", help="continue a run in --output_dir (same probe set and methods)"
+    )
     run.add_argument("--overwrite", action="store_true", help="start over in an --output_dir that holds results")
     run.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     run.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -499,6 +535,7 @@ def _method_from_args(args: argparse.Namespace) -> ProbeMethod:
         attention_scale=args.attention_scale,
         chunked=args.chunked,
         chunk_length=args.chunk_length,
+        dynamic=args.dynamic,
     )
     if args.name:
         name = args.name
@@ -507,7 +544,7 @@ def _method_from_args(args: argparse.Namespace) -> ProbeMethod:
         parts += [f"{k}={v}" for k, v in args.option]
         parts += [str(v) for v in (args.init, args.position_ids) if v]
         parts += [f"{args.max_length}" if args.max_length else "", "chunked" if args.chunked else ""]
-        parts += [f"scale={args.attention_scale}" if args.attention_scale else ""]
+        parts += [f"scale={args.attention_scale}" if args.attention_scale else "", "dynamic" if args.dynamic else ""]
         name = " ".join(p for p in parts if p)
     return ProbeMethod(name=name, **fields)
 
@@ -535,7 +572,7 @@ def config_from_args(args: argparse.Namespace) -> ProbeConfig:
     )
     presets = preset_methods(max_length=args.max_length or 4096)  # --max_length also sets the presets' limit
     methods: list[Any] = [resolve_method(name, presets) for name in args.methods or []]
-    custom = ("encoding", "init", "position_ids", "chunked", "option", "attention_scale")
+    custom = ("encoding", "init", "position_ids", "chunked", "option", "attention_scale", "dynamic")
     if any(getattr(args, k) for k in custom) or not methods:
         methods.append(_method_from_args(args))
     return ProbeConfig(
