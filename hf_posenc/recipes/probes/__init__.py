@@ -7,12 +7,13 @@ reads positions separates the candidates (Zhu et al. 2024, LongEmbed, arXiv:2404
 ```python
 from hf_posenc.recipes.probes import ProbeConfig, ProbeMethod, run_probes
 
-config = ProbeConfig(methods=[ProbeMethod("grouped", encoding="learned", position_ids="grouped", max_length=4096)])
+grouped = ProbeMethod("grouped", encoding="learned", position_ids="grouped", max_length=4096, dynamic=True)
+config = ProbeConfig(methods=[grouped])
 results = run_probes(config)  # runs/probe/results.{json,md,png}, heatmaps.png
 ```
 
-or `hf-posenc probe --position_ids grouped --max_length 4096`. Layers: `data` (generation and cache), `embed`
-(methods, embeddings, scoring), `run` (runs, resume, results, command line).
+or `hf-posenc probe --position_ids grouped --max_length 4096 --dynamic`. Modules: `data` (generation and cache),
+`embed` (methods, embeddings, scoring), `run` (runs, resume, command line), `report` (tables and plots).
 """
 
 from .data import TASKS, ProbeDocument, ProbeGroup, ProbeSet, ProbeSettings, generate_probe_set, load_probe_set
@@ -28,7 +29,8 @@ from .embed import (
     preset_methods,
     retrieval_hits,
 )
-from .run import SIZING, ProbeConfig, main, register_cli, render, run_probes
+from .report import render
+from .run import SIZING, ProbeConfig, main, register_cli, run_probes
 
 __all__ = [
     "SIZING",
