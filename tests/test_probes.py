@@ -293,6 +293,28 @@ def test_dynamic_scaling_runs_short_inputs_on_the_stock_model(checkpoint):
         ProbeMethod("x", encoding="alibi", max_length=128, dynamic=True)
 
 
+def test_rope_scaling_options_reach_patch_model(checkpoint):
+    method = ProbeMethod("rope-ntk", encoding="rope", options={"scaling": "ntk", "factor": 4}, max_length=256)
+    model, _, _ = build_model(str(checkpoint), method)
+    stack = hf_posenc.patch_spec(model)["stacks"]["encoder"]
+    assert stack["encoding"] == "rope" and stack["options"]["scaling"] == "ntk" and stack["max_length"] == 256
+
+
+@pytest.mark.slow
+def test_real_tokenizer_documents_have_the_exact_length(haystack):
+    from transformers import AutoTokenizer
+
+    from hf_posenc.recipes.data import minilm_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_checkpoint())
+    probe_set = generate_probe_set(tokenizer, settings(haystack, lengths=[128, 1024], per_depth=1))
+    for group in probe_set.groups:
+        for document in group.documents:
+            key = tokenizer(document.key, add_special_tokens=False)["input_ids"]
+            assert len(document.input_ids) == group.length
+            assert occurrences(document.input_ids, key) == [document.key_start]
+
+
 def test_attention_scale_is_forwarded(checkpoint, monkeypatch):
     calls = []
     real = hf_posenc.patch_model
