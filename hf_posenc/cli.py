@@ -17,6 +17,7 @@ CLI_MODULES: tuple[str, ...] = (
     "hf_posenc.hub.cli",
     "hf_posenc.recipes.cli",
     "hf_posenc.bench.cli",
+    "hf_posenc.recipes.probes",
 )
 """Modules that contribute subcommands (`register_cli`)."""
 
