@@ -80,7 +80,9 @@ def plot_scores(results: dict[str, Any], path: Path) -> None:
             row = r["acc_at_1"].get(task, {})
             xs = [n for n in lengths if str(n) in row]
             style = "-" if index < 10 else "--"
-            axis.plot(xs, [row[str(n)] for n in xs], style, marker=markers[index % len(markers)], label=name)
+            color = plt.get_cmap("tab20")(index % 20)  # 20 distinct colors: a study has about that many methods
+            ys = [row[str(n)] for n in xs]
+            axis.plot(xs, ys, style, color=color, marker=markers[index % len(markers)], label=name)
         chance = [results["probe_set"]["chance"][f"{task}/{n}"] for n in lengths]
         axis.plot(lengths, chance, ":", color="gray", label="chance")
         trained = next((r["trained_length"] for r in done.values()), None)

@@ -44,10 +44,10 @@ DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
 SIZING = (
     "Sized for 2 CPU cores: 2 tasks (passkey, needle) x 6 lengths (128 to 4096 tokens); per length 5 depths x 8 "
     "documents = 40 candidates and 40 queries up to 2048 tokens (chance 0.025), 5 x 4 = 20 at 4096 and above (chance "
-    "0.05; 8192 on request). That is 220 documents and 241k document tokens per task; all-MiniLM-L6-v2 on 2 idle "
-    "threads embeds a 4096-token document in about 1.4 s and a 2048-token one in 0.5 s, so one method takes about 2.5 "
-    "minutes idle and about 10 on 2 cores shared with 4 other jobs (load 8). relative_key, relative_key_query and "
-    "NEZHA run 4-12x slower than the learned table at 4096 tokens."
+    "0.05; 8192 on request). That is 220 documents and 241k document tokens per task. all-MiniLM-L6-v2 on 2 idle "
+    "threads embeds a 4096-token document in about 1.4 s and a 2048-token one in 0.5 s: about 2.5 minutes per method. "
+    "On 2 cores shared with 4 other jobs (load 5-11) the committed study took 2-12 minutes per method and 18 for "
+    "chunking (eight windows per 4096-token document)."
 )
 """How the default probe is sized (README and `--help`)."""
 
