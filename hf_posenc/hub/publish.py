@@ -24,7 +24,7 @@ from ..record import PatchRecord, read_record
 from ..version import __version__
 from .assets import MINILM_NAMES
 from .files import atomic_write
-from .folders import copy_sentence_transformers_files
+from .folders import copy_sentence_transformers_files, is_hub_id
 from .format import POSENC_PREFIX, auto_targets
 from .provenance import format_mean_std
 
@@ -240,16 +240,7 @@ def _hub_id(name: Any) -> str | None:
 
 def _is_id(name: Any) -> bool:
     """Whether `name` is a Hub id (or an hf_posenc dataset name) rather than a local path."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if not isinstance(name, str) or not name or Path(name).exists():
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
+    return not (isinstance(name, str) and Path(name).exists()) and is_hub_id(name)
 
 
 def _metadata(model, spec: PatchRecord, base_model, license, datasets) -> str:
