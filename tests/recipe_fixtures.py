@@ -67,3 +67,13 @@ def make_running_text(path: Path, paragraphs: int = 40, seed: int = 1) -> Path:
         lines.append(" ".join(NEUTRAL[(start + i) % len(NEUTRAL)] for i in range(200)))
     path.write_text("\n\n".join(lines) + "\n")
     return path
+
+
+def make_recipe_assets(root: Path) -> dict[str, Path]:
+    """The tiny checkpoint, review CSV and running text that the recipe tests train on, under `root`."""
+    return {
+        "bert": make_tiny_bert(root / "bert"),
+        "reviews": make_reviews_csv(root / "reviews.csv"),
+        "running": make_running_text(root / "running.txt"),
+        "root": root,
+    }

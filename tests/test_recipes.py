@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_fixtures import make_reviews_csv, make_running_text, make_tiny_bert
+from recipe_fixtures import make_recipe_assets, make_reviews_csv
 
 from hf_posenc import cli
 from hf_posenc.recipes.classification import classification_dataloaders, load_adapted_encoder, run_classification
@@ -39,13 +39,7 @@ def load_recipe(name: str):
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("recipes")
-    return {
-        "bert": make_tiny_bert(root / "bert"),
-        "reviews": make_reviews_csv(root / "reviews.csv"),
-        "running": make_running_text(root / "running.txt"),
-        "root": root,
-    }
+    return make_recipe_assets(tmp_path_factory.mktemp("recipes"))
 
 
 def tiny_run(assets, tmp_path: Path, **overrides) -> RunConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_fixtures import make_reviews_csv, make_running_text, make_tiny_bert
+from recipe_fixtures import make_recipe_assets
 
 from hf_posenc.recipes.chunked import ChunkingCollator, chunk_starts, chunked_document_logits
 from hf_posenc.recipes.classification import MeanPoolingClassifier, run_classification
@@ -21,13 +21,7 @@ from hf_posenc.recipes.settings import RunConfig
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("methods")
-    return {
-        "bert": make_tiny_bert(root / "bert"),
-        "reviews": make_reviews_csv(root / "reviews.csv"),
-        "running": make_running_text(root / "running.txt"),
-        "root": root,
-    }
+    return make_recipe_assets(tmp_path_factory.mktemp("methods"))
 
 
 def tiny_run(assets, tmp_path: Path, **overrides) -> RunConfig:
