@@ -200,6 +200,34 @@ def test_settings_differences_ignores_only_the_allow_list():
     assert set(saved) >= RESUME_MAY_DIFFER  # every exception names a real field
 
 
+def test_a_field_added_after_a_run_was_saved_compares_as_its_default():
+    defaults = RunConfig.field_defaults()
+    requested = RunConfig().to_dict()
+    saved = {k: v for k, v in requested.items() if k != "absolute_init"}  # written before the field existed
+    assert defaults["absolute_init"] == "copy" and defaults["eval_lengths"] == requested["eval_lengths"]
+    assert settings_differences(saved, requested) == ["absolute_init: (absent) -> 'copy'"]
+    assert settings_differences(saved, requested, defaults=defaults) == []
+    other = {**requested, "absolute_init": "random"}
+    assert settings_differences(saved, other, defaults=defaults) == ["absolute_init: 'copy' -> 'random'"]
+
+
+def test_a_sweep_reuses_a_run_saved_before_a_field_existed_and_refuses_a_non_default(assets, tmp_path):
+    base = {"model": str(assets["bert"]), "dataset": str(assets["reviews"]), "train_length": 16}
+    base |= {"eval_lengths": [16], "max_steps": 1, "batch_size": 8, "progress": False}
+    values = {"output_dir": str(tmp_path / "sweep"), "base": base, "variants": [{"encoding": "alibi"}]}
+    values |= {"baseline": False}
+    first = run_sweep(SweepConfig.from_dict(values))
+    results = tmp_path / "sweep" / "runs" / "alibi_seed0" / "results.json"
+    saved = json.loads(results.read_text())
+    del saved["config"]["absolute_init"]
+    results.write_text(json.dumps(saved))
+    again = run_sweep(SweepConfig.from_dict({**values, "resume": True}))
+    assert again["runs"][0]["timings"] == first["runs"][0]["timings"]
+    changed = {**values, "resume": True, "base": {**base, "absolute_init": "random"}}
+    with pytest.raises(ValueError, match=r"other settings .*absolute_init: 'copy' -> 'random'"):
+        run_sweep(SweepConfig.from_dict(changed))
+
+
 def test_a_sweep_refuses_to_reuse_a_finished_run_with_other_settings(assets, tmp_path):
     base = {"model": str(assets["bert"]), "dataset": str(assets["reviews"]), "train_length": 16}
     base |= {"eval_lengths": [16], "max_steps": 1, "batch_size": 8, "progress": False}

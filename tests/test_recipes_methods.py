@@ -341,6 +341,35 @@ def test_train_only_positions_trains_the_position_parameters_and_the_head(assets
     assert saved(run)["config"]["train_only"] == "positions"
 
 
+@pytest.mark.parametrize("init", ["copy", "interpolate"])
+def test_keep_absolute_with_max_length_grows_the_kept_table_by_absolute_init(assets, tmp_path, init):
+    from transformers import AutoModel
+
+    from hf_posenc.recipes.training import apply_encoding
+    from hf_posenc.record import stack_record
+
+    loaded = AutoModel.from_pretrained(assets["bert"])
+    rows = loaded.config.max_position_embeddings
+    trained = loaded.embeddings.position_embeddings.weight.detach().clone()
+    run = tiny_run(assets, tmp_path, encoding="t5", keep_absolute=True, max_length=2 * rows, absolute_init=init)
+    model = apply_encoding(loaded, run)
+    table = model.embeddings.position_embeddings.weight.detach()
+    assert table.shape[0] == model.config.max_position_embeddings == 2 * rows
+    record = stack_record(model.config, "encoder")
+    assert (record.encoding, record.keep_absolute) == ("t5", True)
+    if init == "copy":  # the trained rows, then the trained rows again
+        torch.testing.assert_close(table, torch.cat([trained, trained]), atol=0, rtol=0)
+    else:  # stretched: the first row stays, the table's ends match the trained ones
+        torch.testing.assert_close(table[0], trained[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(table[-1], trained[-1], atol=1e-6, rtol=0)
+        assert not torch.equal(table[rows:], trained)
+
+
+def test_an_unknown_absolute_init_is_refused_with_the_choices(assets, tmp_path):
+    with pytest.raises(ValueError, match="absolute_init must be one of.*copy.*interpolate"):
+        tiny_run(assets, tmp_path, encoding="t5", keep_absolute=True, max_length=128, absolute_init="cpy").validate()
+
+
 def test_train_only_positions_leaves_every_other_weight_as_loaded(assets, tmp_path):
     from transformers import AutoModel
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from ..encodings import EXTENSION_INITS
 from ..hub.files import read_json
 
 __all__ = [
@@ -66,6 +67,16 @@ class Settings:
     @classmethod
     def field_names(cls) -> list[str]:
         return [item.name for item in dataclasses.fields(cls)]
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Each field's default, as saved in a results file (JSON values)."""
+        defaults = {}
+        for item in dataclasses.fields(cls):
+            factory = item.default_factory
+            default = factory() if factory is not dataclasses.MISSING else item.default
+            defaults[item.name] = None if default is dataclasses.MISSING else json.loads(json.dumps(default))
+        return defaults
 
     @classmethod
     def check_keys(cls, values: dict[str, Any]) -> None:
@@ -211,6 +222,11 @@ class RunConfig(TrainingSettings):
     model: str = _option("all-MiniLM-L6-v2", "checkpoint: a Hub id, a local folder or all-MiniLM-L6-v2 (offline)")
     keep_absolute: bool = _option(False, "keep the learned absolute table next to a relative encoding")
     max_length: int | None = _option(None, "grow the learned table to this many positions (extend_positions)")
+    absolute_init: str = _option(
+        "copy",
+        "with keep_absolute and max_length: how extend_positions fills the kept table's new rows "
+        "(copy, interpolate, sinusoidal or random)",
+    )
     pooling: str = _option("cls", "cls: the checkpoint's classification head; mean: a mean-pooled linear head")
     head_learning_rate: float | None = _option(None, "learning rate of the new task head; unset: learning_rate")
     # data
@@ -288,6 +304,8 @@ class RunConfig(TrainingSettings):
             isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.mlm_eval_lengths
         ):
             raise ValueError(f"mlm_eval_lengths must hold ints >= 1, got {self.mlm_eval_lengths!r}.")
+        if self.absolute_init not in EXTENSION_INITS:
+            raise ValueError(f"absolute_init must be one of {sorted(EXTENSION_INITS)}, got {self.absolute_init!r}.")
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability!r}.")
         if isinstance(self.test_size, bool) or not (
@@ -430,10 +448,18 @@ happened (e.g. an ALiBi-trained model resumed and labelled "rope")."""
 
 
 def settings_differences(
-    saved: dict[str, Any], requested: dict[str, Any], may_differ: frozenset[str] = RESUME_MAY_DIFFER
+    saved: dict[str, Any],
+    requested: dict[str, Any],
+    may_differ: frozenset[str] = RESUME_MAY_DIFFER,
+    defaults: dict[str, Any] | None = None,
 ) -> list[str]:
-    """The fields (outside `may_differ`) whose saved and requested values differ, as "name: saved -> requested"."""
+    """The fields (outside `may_differ`) whose saved and requested values differ, as "name: saved -> requested".
+
+    A field absent from `saved` but named in `defaults` was added after the run was saved: the run had the field's
+    default behaviour (a new field's default keeps the old behaviour), so it is compared as that default.
+    """
     missing = object()
+    saved = {**(defaults or {}), **saved}
     differences = []
     for name in sorted((set(saved) | set(requested)) - may_differ):
         old, new = saved.get(name, missing), requested.get(name, missing)

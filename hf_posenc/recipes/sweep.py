@@ -419,7 +419,8 @@ def reuse_finished(run, resume: bool) -> dict | None:
     saved = previous.get("config") if isinstance(previous, dict) else None
     if not isinstance(saved, dict):
         raise ValueError(f"{path} has no run config, so it cannot be reused. {fix}")
-    differences = settings_differences(saved, json.loads(json.dumps(run.to_dict(), default=str)))
+    requested = json.loads(json.dumps(run.to_dict(), default=str))
+    differences = settings_differences(saved, requested, defaults=type(run).field_defaults())
     if differences:
         raise ValueError(
             f"{path} holds a finished run with other settings (saved -> requested): {'; '.join(differences)}. {fix}"

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from ..architectures import architecture_for, row_offset
 from ..encodings import ENCODINGS, canonical_name
+from ..extension import extend_positions
 from ..hub.files import atomic_write, publish_folder, read_json
 from ..patching import patch_model
 from .data import resolve_checkpoint
@@ -65,15 +66,22 @@ def check_lengths(config, run: RunConfig, lengths: list[int]) -> None:
 
 def apply_encoding(model: nn.Module, run: RunConfig) -> nn.Module:
     """Patch `model` as `run` asks: swap the encoding and, with `max_length`, grow the learned table (its `init`
-    option fills the new rows; see `hf_posenc.extension`)."""
-    return patch_model(
+    option fills the new rows; see `hf_posenc.extension`). A relative encoding with `keep_absolute` keeps the
+    learned table beside it; `max_length` then grows that kept table, its new rows filled by `run.absolute_init`."""
+    grows_kept_table = (
+        run.keep_absolute and run.max_length and not ENCODINGS[canonical_name(run.encoding)].keeps_learned_table
+    )
+    model = patch_model(
         model,
         run.encoding,
         keep_absolute=run.keep_absolute,
-        max_length=run.max_length,
+        max_length=None if grows_kept_table else run.max_length,
         replace=True,
         **run.encoding_options,
     )
+    if grows_kept_table and run.max_length > architecture_for(model).stacks[0].config_limit(model.config):
+        extend_positions(model, run.max_length, init=run.absolute_init)
+    return model
 
 
 def load_pretrained(model_class, run: RunConfig, **kwargs) -> nn.Module:
