@@ -204,22 +204,30 @@ def key_embedder(tokenizer, names: list[str]):
     return embed
 
 
-def test_perfect_key_embedding_scores_one_and_constant_scores_zero(tokenizer, haystack):
+def test_perfect_key_embedding_scores_one_and_constant_scores_chance(tokenizer, haystack):
     probe_set = generate_probe_set(tokenizer, settings(haystack))
     names = [n.lower() for n in NAMES + CITIES]
     perfect = evaluate(probe_set, key_embedder(tokenizer, names), progress=False)
     assert all(v == 1.0 for per_task in perfect["acc_at_1"].values() for v in per_task.values())
     assert all(v == 1.0 for t in perfect["by_depth"].values() for d in t.values() for v in d.values())
-    # ties are misses: a constant embedding never ranks its own document strictly first
+    assert all(n == 0 for per_task in perfect["tied_queries"].values() for n in per_task.values())
+    # a constant embedding ties every document: each query gets 1 / candidates, exactly chance
     constant = evaluate(probe_set, lambda seqs: torch.ones(len(seqs), 4), progress=False)
-    assert all(v == 0.0 for per_task in constant["acc_at_1"].values() for v in per_task.values())
+    for task, per_length in constant["acc_at_1"].items():
+        for length, value in per_length.items():
+            candidates = constant["candidates"][task][length]
+            assert value == pytest.approx(1 / candidates, abs=1e-12)
+            assert constant["tied_queries"][task][length] == candidates
     assert constant["candidates"]["needle"]["64"] == 6
 
 
-def test_retrieval_hits_is_strict():
+def test_retrieval_hits_share_ties_and_miss_when_another_document_is_nearer():
     queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     documents = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
-    assert retrieval_hits(queries, documents).tolist() == [False, False, True]  # query 0 ties with document 1
+    # query 0 ties with document 1 (half a hit); query 1 is nearer document 2 (a miss); query 2 is a clean hit
+    assert retrieval_hits(queries, documents).tolist() == [0.5, 0.0, 1.0]
+    three_way = retrieval_hits(torch.ones(3, 2), torch.ones(3, 2))
+    torch.testing.assert_close(three_way, torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

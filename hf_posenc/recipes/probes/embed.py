@@ -6,8 +6,9 @@ a cold swap to another encoding (with `max_length` so that long inputs run), and
 applies it with the public API only (`extend_positions`, `patch_model`).
 
 Scoring is Acc@1 over the candidate pool of a length (LongEmbed reports nDCG@1, the same number with one relevant
-document per query). **Ties are misses**: a query scores only when its own document is strictly more similar than
-every other candidate, so a constant embedding scores 0, not 1 / candidates.
+document per query). **Ties share the credit**: a query whose own document ties with k other candidates for the
+highest similarity scores 1 / (k + 1), its expected Acc@1 when ties are broken at random; so a constant embedding
+scores exactly chance (1 / candidates), never more, and the number of tied queries is reported with each score.
 """
 
 from __future__ import annotations
@@ -331,20 +332,22 @@ class DynamicEmbedder:
 
 
 def retrieval_hits(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
-    """Whether query i's nearest document (cosine) is document i, strictly: ties are misses.
+    """Each query's Acc@1 credit: 1 when its own document (cosine) is strictly nearest, 1 / (k + 1) when it ties with
+    k other documents for nearest (the expected hit under random tie-breaking), else 0.
 
     Args:
         queries, documents: (n, dim) embeddings; row i of each belong together.
 
     Returns:
-        A bool tensor of shape (n,).
+        A float64 tensor of shape (n,), values in [0, 1].
     """
     q = F.normalize(queries.double(), dim=-1)
     d = F.normalize(documents.double(), dim=-1)
     scores = q @ d.T
-    own = scores.diagonal().clone()
-    others = scores.masked_fill(torch.eye(len(scores), dtype=torch.bool), float("-inf")).amax(dim=1)
-    return own > others
+    own = scores.diagonal()
+    nearest = scores.amax(dim=1)
+    tied = (scores == nearest[:, None]).sum(dim=1)  # documents at the highest similarity, own one included if there
+    return torch.where(own == nearest, 1.0 / tied.double(), torch.zeros_like(own))
 
 
 def evaluate(
@@ -368,13 +371,13 @@ def evaluate(
 
     Returns:
         `{"acc_at_1": {task: {length: acc}}, "by_depth": {task: {length: {depth: acc}}},
-        "seconds": {task: {length: s}}, "candidates": {task: {length: n}}}` (lengths and depths as strings, as in
-        JSON).
+        "seconds": {task: {length: s}}, "candidates": {task: {length: n}}, "tied_queries": {task: {length: n}}}`
+        (lengths and depths as strings, as in JSON; a tied query got a share of a hit, see `retrieval_hits`).
     """
     from tqdm.auto import tqdm
 
     groups = [g for g in probe_set.groups if lengths is None or g.length in lengths]
-    result: dict[str, dict] = {"acc_at_1": {}, "by_depth": {}, "seconds": {}, "candidates": {}}
+    result: dict[str, dict] = {"acc_at_1": {}, "by_depth": {}, "seconds": {}, "candidates": {}, "tied_queries": {}}
     bar = tqdm(total=sum(len(g.documents) for g in groups), desc=description, unit="doc", disable=not progress)
     for group in groups:
         bar.set_postfix(task=group.task, length=group.length)
@@ -389,8 +392,9 @@ def evaluate(
         hits = retrieval_hits(queries, documents)
         seconds = time.perf_counter() - start
         task, length = group.task, str(group.length)
-        result["acc_at_1"].setdefault(task, {})[length] = hits.double().mean().item()
-        depths: dict[str, list[bool]] = {}
+        result["acc_at_1"].setdefault(task, {})[length] = hits.mean().item()
+        result["tied_queries"].setdefault(task, {})[length] = int(((hits > 0) & (hits < 1)).sum())
+        depths: dict[str, list[float]] = {}
         for document, hit in zip(group.documents, hits.tolist()):
             depths.setdefault(str(document.depth), []).append(hit)
         result["by_depth"].setdefault(task, {})[length] = {k: sum(v) / len(v) for k, v in depths.items()}

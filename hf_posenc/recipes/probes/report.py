@@ -28,8 +28,9 @@ def markdown(results: dict[str, Any]) -> str:
     done = _done(results)
     text = [
         f"# {config['name']}: {Path(str(config['checkpoint'])).name}\n",
-        f"Acc@1 (the query's nearest document by cosine, {config['pooling']} pooling, is its own; ties count as "
-        f"misses) over all documents of a length. Probe set `{summary['hash']}`: depths {settings['depths']}, "
+        f"Acc@1 (the query's nearest document by cosine, {config['pooling']} pooling, is its own; a tie "
+        f"with k others counts 1 / (k + 1)) over all documents of a length. Probe set `{summary['hash']}`: "
+        f"depths {settings['depths']}, "
         f"{settings['per_depth']} documents per depth ({settings['long_per_depth']} above {settings['long_from']} "
         f"tokens), seed {settings['seed']}, needle haystack `{settings['haystack']}` ("
         f"{'a window per document' if settings.get('varied_haystack') else 'one window per length'}). Lengths "
