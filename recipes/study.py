@@ -1,6 +1,6 @@
 """The length-generalization study: all-MiniLM-L6-v2 fine-tuned at 128 tokens, evaluated to 2048, with intervals.
 
-    python recipes/study.py --quick   # the main job: 4 rows + TF-IDF, 1 seed, Pang & Lee, from scratch (~12 min)
+    python recipes/study.py --quick   # the main job: 4 rows + TF-IDF, 1 seed, Pang & Lee, from scratch (~8 min)
     python recipes/study.py --full    # recipes/configs/study_v2_full.json: 3 seeds, Pang & Lee and 20 Newsgroups
     python recipes/study.py --full --resume --output_dir recipes/results/study_v2_full   # continue a stopped study
     python recipes/study.py --model_card recipes/results/study_v2_full/pang_lee/results.json
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     reference comparison and model-card steps."""
     parser = recipe_parser(SweepConfig, __doc__.splitlines()[0])
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="the default: 1 seed, about 12 min on 2 idle CPU cores")
+    preset.add_argument("--quick", action="store_true", help="the default: 1 seed, about 8 min on 2 idle CPU cores")
     preset.add_argument("--full", action="store_true", help="3 seeds, two datasets: several sessions (see config)")
     parser.add_argument(
         "--reference",

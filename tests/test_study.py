@@ -361,3 +361,39 @@ def test_driver_commits_only_the_finished_run_folder(tmp_path, monkeypatch):
     ]
     staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True)
     assert staged.stdout.split() == ["other.txt"]
+
+
+def test_driver_survives_a_held_index_lock_and_commits_once_it_is_free(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("run_study_tool", ROOT / "tools" / "run_study.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "t")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "t@example.org")
+    run = repo / "study" / "runs" / "t5_seed0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text("{}")
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("")  # a commit made by hand at the same moment
+    sleeps = []
+
+    def release_after_first_wait(seconds):
+        sleeps.append(seconds)
+        lock.unlink(missing_ok=True)
+
+    monkeypatch.setattr(driver, "ROOT", repo)
+    monkeypatch.setattr(driver.time, "sleep", release_after_first_wait)
+    driver.commit([run], "study: run runs/t5_seed0 finished")
+    assert len(sleeps) == 1 and "attempt 1 of 5" in capsys.readouterr().out
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, capture_output=True, text=True)
+    assert log.stdout.strip() == "study: run runs/t5_seed0 finished"
+    lock.write_text("")  # held for good: warn and go on, never raise
+    (run / "results.json").write_text('{"metrics": {}}')
+    monkeypatch.setattr(driver.time, "sleep", lambda seconds: None)
+    driver.commit([run], "second")
+    assert "not committed (commit by hand): second" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hf_posenc.recipes.sweep import run_study, study_sweeps
@@ -21,16 +22,27 @@ from hf_posenc.recipes.sweep import run_study, study_sweeps
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def commit(paths: list[Path], message: str) -> None:
-    """Stage and commit only `paths` (other staged or modified files are left alone); nothing to commit is fine."""
+def commit(paths: list[Path], message: str, attempts: int = 5) -> None:
+    """Stage and commit only `paths` (other staged or modified files are left alone); nothing to commit is fine.
+
+    A commit made by hand at the same moment holds git's index lock: retry a few times, then warn and go on (the
+    files stay on disk, and the next run's commit or a manual one picks them up); a study never dies of it.
+    """
     names = [str(p) for p in paths if p.exists()]
     if not names:
         return
-    subprocess.run(["git", "add", "--", *names], cwd=ROOT, check=True)
-    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *names], cwd=ROOT)
-    if staged.returncode:
-        subprocess.run(["git", "commit", "-q", "-m", message, "--", *names], cwd=ROOT, check=True)
-        print(f"committed: {message}", flush=True)
+    for attempt in range(attempts):
+        try:
+            subprocess.run(["git", "add", "--", *names], cwd=ROOT, check=True)
+            staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *names], cwd=ROOT)
+            if staged.returncode:
+                subprocess.run(["git", "commit", "-q", "-m", message, "--", *names], cwd=ROOT, check=True)
+                print(f"committed: {message}", flush=True)
+            return
+        except subprocess.CalledProcessError as error:
+            print(f"git failed ({error}); attempt {attempt + 1} of {attempts}", flush=True)
+            time.sleep(2 + 3 * attempt)
+    print(f"not committed (commit by hand): {message}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
