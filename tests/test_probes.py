@@ -407,6 +407,14 @@ def test_run_writes_results_per_method_and_resumes(checkpoint, haystack, tmp_pat
     assert stored["environment"]["git_revision"] is not None or stored["environment"]["torch"]
     text = (out / "results.md").read_text()
     assert "| chance |" in text and "**swap-alibi, needle**" in text
+    assert "Tied queries (shared credit)" in text and "Scored before ties shared credit" not in text
+    from hf_posenc.recipes.probes.report import markdown
+
+    legacy = json.loads(json.dumps(results))  # a method stored before tied queries were recorded
+    del legacy["methods"]["stock"]["tied_queries"]
+    assert "Scored before ties shared credit, when a tie counted as a miss (tied queries not recorded): `stock`." in (
+        markdown(legacy)
+    )
 
     # An interrupted run: drop one method's file; --resume re-runs only that one (and the unavailable one).
     (out / "methods" / "swap-alibi.json").unlink()

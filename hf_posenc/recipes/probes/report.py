@@ -44,6 +44,20 @@ def markdown(results: dict[str, Any]) -> str:
             text.append(f"| {name} | " + " | ".join(_fmt(row.get(n)) for n in lengths) + " |")
         chance = [summary["chance"].get(f"{task}/{n}") for n in lengths]
         text.append("| chance | " + " | ".join(_fmt(c) for c in chance) + " |\n")
+    strict = [name for name, r in done.items() if "tied_queries" not in r]
+    if strict:
+        text.append(
+            f"- Scored before ties shared credit, when a tie counted as a miss (tied queries not recorded): "
+            f"{', '.join(f'`{n}`' for n in strict)}. Only a query whose own document ties exactly for nearest can "
+            "score differently.\n"
+        )
+    tied = {
+        name: sum(n for per_length in r["tied_queries"].values() for n in per_length.values())
+        for name, r in done.items()
+        if "tied_queries" in r
+    }
+    if tied:
+        text.append(f"- Tied queries (shared credit), all tasks and lengths: {tied}.\n")
     unavailable = {n: r for n, r in results["methods"].items() if r.get("status") == "unavailable"}
     for name, r in unavailable.items():
         text.append(f"- `{name}` not available in this hf_posenc: {r['reason']}\n")
