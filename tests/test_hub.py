@@ -701,6 +701,21 @@ def test_cli_patch_keep_absolute_and_max_length(checkpoint, tmp_path):
     assert tf.AutoTokenizer.from_pretrained(longer).model_max_length == 512
 
 
+def test_cli_patch_attention_options_are_saved_and_checked(checkpoint, tmp_path, capsys):
+    output = tmp_path / "local"
+    argv = ["patch", str(checkpoint), str(output), "--encoding", "rope", "--attention-scale", "log",
+            "--attention-scale-length", "16", "--attention-window", "8", "--global-tokens", "0", "1"]  # fmt: skip
+    assert cli.main(argv) == 0
+    stacks = hf_posenc.patch_spec(hf_posenc.from_pretrained(output))["stacks"]
+    for stack in ("encoder", "decoder"):
+        assert stacks[stack]["attention_scale"] == "log" and stacks[stack]["attention_scale_length"] == 16
+        assert stacks[stack]["attention_window"] == 8 and list(stacks[stack]["global_tokens"]) == [0, 1]
+    capsys.readouterr()
+    bad = ["patch", str(checkpoint), str(tmp_path / "bad"), "--encoding", "rope", "--attention-window", "0"]
+    assert cli.main(bad) == 2
+    assert "attention_window" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_cli_errors(checkpoint, tmp_path, capsys):
     assert cli.main(["patch", str(checkpoint), str(tmp_path / "x")]) == 2
     assert "Name an encoding" in capsys.readouterr().err

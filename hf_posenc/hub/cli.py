@@ -220,6 +220,11 @@ def _cli_patch(args: argparse.Namespace) -> int:
         **requests,
         keep_absolute=args.keep_absolute,
         replace=args.replace,
+        attention_scale=args.attention_scale,
+        attention_scale_length=args.attention_scale_length,
+        attention_window=args.attention_window,
+        global_tokens=tuple(args.global_tokens),
+        global_stride=args.global_stride,
         **({"max_length": max_length, "tokenizer": tokenizer} if max_length else {}),
         **(options if by_name else {}),
     )
@@ -351,6 +356,20 @@ def register_cli(subparsers) -> None:
     patch.add_argument("--keep-absolute", action="store_true", help="keep the learned absolute table (hybrid)")
     patch.add_argument("--max-length", type=int, help="new input limit (also set on the saved tokenizer); None: keep")
     patch.add_argument("--replace", action="store_true", help="replace the patch of an already patched checkpoint")
+    attention = patch.add_argument_group("attention options (every stack; saved with the patch)")
+    attention.add_argument(
+        "--attention-scale", choices=["log"], help="sharpen scores by log(L)/log(T) past the trained length T"
+    )
+    attention.add_argument(
+        "--attention-scale-length", type=int, help="the reference length T of --attention-scale; None: the table's"
+    )
+    attention.add_argument(
+        "--attention-window", type=int, help="local attention: each token reads the window // 2 tokens either side"
+    )
+    attention.add_argument(
+        "--global-tokens", type=int, nargs="*", default=[0], help="with --attention-window: tokens that read all"
+    )
+    attention.add_argument("--global-stride", type=int, help="with --attention-window: every Nth token is global")
     patch.set_defaults(func=_cli_patch)
 
     inspect = subparsers.add_parser(
