@@ -3,6 +3,7 @@
     python recipes/study.py --quick   # the main job: 4 rows + TF-IDF, 1 seed, Pang & Lee, from scratch (~8 min)
     python recipes/study.py --full    # recipes/configs/study_v2_full.json: 3 seeds, Pang & Lee and 20 Newsgroups
     python recipes/study.py --full --resume --output_dir recipes/results/study_v2_full   # continue a stopped study
+    python recipes/study.py --full --finished_only --output_dir recipes/results/study_v2_full   # interim tables
     python recipes/study.py --model_card recipes/results/study_v2_full/pang_lee/results.json
 
 Every run trains from scratch into a fresh folder (default `outputs/<preset>/<UTC time>`); finished runs are reused
@@ -25,6 +26,7 @@ from hf_posenc.recipes.settings import SweepConfig
 from hf_posenc.recipes.sweep import (
     compare_with_reference,
     export_best_variant,
+    render_finished,
     run_study,
     study_length_table,
     study_sweeps,
@@ -49,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a sweep's results.json to compare with; default recipes/results/<preset>/results.json",
     )
     parser.add_argument("--no_compare", action="store_true", help="skip the comparison with the reference")
+    parser.add_argument(
+        "--finished_only",
+        action="store_true",
+        help="train nothing: write interim tables of a stopped study from its finished runs (with --output_dir)",
+    )
     parser.add_argument(
         "--model_card",
         default=None,
@@ -119,6 +126,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         exported = export_best_variant(summary, Path("model_cards") / name, summary["sweep"]["metric"])
         print(f"best variant: {exported['variant']}; checkpoint and model card in {exported['folder']}")
         return [exported]
+    if args.finished_only:
+        summaries = []
+        for sweep in sweeps:
+            try:
+                summaries.append(render_finished(sweep))
+            except ValueError as error:  # this dataset has not started: the others still get their tables
+                print(f"skipped: {error}")
+                continue
+            print(f"interim tables: {Path(sweep.output_dir) / 'results.md'}")
+        return summaries
     summaries = run_study(sweeps)
     if len(sweeps) > 1:  # the datasets' test lengths side by side, beside their folders
         table = study_length_table(summaries)

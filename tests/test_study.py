@@ -8,6 +8,7 @@ and difference has a known value; the data, tokenizer, TF-IDF baseline and rende
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -397,3 +398,38 @@ def test_driver_survives_a_held_index_lock_and_commits_once_it_is_free(tmp_path,
     monkeypatch.setattr(driver.time, "sleep", lambda seconds: None)
     driver.commit([run], "second")
     assert "not committed (commit by hand): second" in capsys.readouterr().out
+
+
+def test_interim_tables_of_a_stopped_sweep_hold_its_finished_runs_and_train_nothing(assets, tmp_path, capsys):
+    from hf_posenc.recipes.sweep import finished_sweep, render_finished
+
+    values = sweep_dict(assets, tmp_path / "sweep", variants=("perfect", "wrong", "half"), seeds=(0, 1))
+    sweep = SweepConfig.from_dict(values)
+    with pytest.raises(ValueError, match="baseline row 'perfect'.*has not finished seed 0"):
+        finished_sweep(sweep)
+    runner = FakeRunner()
+    stopped = SweepConfig.from_dict({**values, "variants": values["variants"][:2], "seeds": [0]})
+    run_sweep(stopped, runner=runner)  # a study stopped after two rows of seed 0
+    runner(dataclasses.replace(sweep, variants=[values["variants"][0]], seeds=[1]).runs()[0])  # and seed 1's first
+    interim = finished_sweep(sweep)
+    assert [v["label"] for v in interim.variants] == ["perfect", "wrong"] and interim.seeds == [0]
+    assert interim.description.startswith("Interim tables: 2 of 3 rows, seeds [0] of [0, 1]; not finished yet: half.")
+    calls = len(runner.calls)
+    summary = render_finished(sweep)
+    assert len(runner.calls) == calls  # nothing trained
+    runner(dataclasses.replace(sweep, variants=[values["variants"][1]], seeds=[1]).runs()[0])
+    assert finished_sweep(sweep).seeds == [0, 1] and len(finished_sweep(sweep).variants) == 2  # every kept row: seed 1
+    calls = len(runner.calls)
+    assert set(summary["summary"]) >= {"perfect", "wrong"} and "half" not in summary["summary"]
+    text = (tmp_path / "sweep" / "results.md").read_text()
+    assert "Interim tables: 2 of 3 rows" in text and "| wrong" in text
+    printed = capsys.readouterr().out
+    assert "perfect seed 0: reused" in printed and "wrong seed 0: reused" in printed
+    # The study entry point: a dataset whose baseline has not finished is skipped with a note, not an error.
+    study = load_study()
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(values))
+    [again] = study.main(["--config", str(config), "--output_dir", str(tmp_path / "sweep"), "--finished_only"])
+    assert again["summary"].keys() == summary["summary"].keys() and len(runner.calls) == calls
+    assert study.main(["--config", str(config), "--output_dir", str(tmp_path / "empty"), "--finished_only"]) == []
+    assert "no interim table yet" in capsys.readouterr().out

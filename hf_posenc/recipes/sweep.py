@@ -58,6 +58,8 @@ __all__ = [
     "document_subsets",
     "document_table",
     "render",
+    "finished_sweep",
+    "render_finished",
     "reuse_finished",
     "run_labels",
     "run_predictions",
@@ -375,6 +377,60 @@ def run_sweep(
     summary["timings"] = {"total_seconds": round(time.perf_counter() - started, 1)}
     render(summary, Path(sweep.output_dir))
     return summary
+
+
+def finished_sweep(sweep: SweepConfig) -> SweepConfig:
+    """The part of a stopped sweep that has finished, as a sweep whose every run is on disk: interim tables.
+
+    Rows: the variants that finished the first seed (the baseline row among them: differences need it); seeds: the
+    first, and each next one that every such row has finished. The description says what is missing. See
+    `render_finished`.
+
+    Raises:
+        ValueError: the baseline row has not finished its first seed, so there is no interim table to make.
+    """
+
+    def run_of(variant: dict, seed: int):
+        return dataclasses.replace(sweep, variants=[variant], seeds=[seed]).runs()[0]
+
+    def done(variant: dict, seed: int) -> bool:
+        path = Path(run_of(variant, seed).output_dir) / "results.json"
+        return path.is_file() and "metrics" in read_json(path, "Delete the damaged run folder; it is run again.")
+
+    labels = [run_of(v, sweep.seeds[0]).variant for v in sweep.variants]
+    baseline = labels.index(sweep.baseline_variant) if sweep.baseline_variant else 0
+    if not done(sweep.variants[baseline], sweep.seeds[0]):
+        raise ValueError(
+            f"The baseline row {labels[baseline]!r} of {sweep.output_dir} has not finished seed {sweep.seeds[0]}: "
+            "no interim table yet."
+        )
+    kept = [i for i, v in enumerate(sweep.variants) if done(v, sweep.seeds[0])]
+    seeds = [sweep.seeds[0]]
+    for seed in sweep.seeds[1:]:  # a later seed joins once every kept row has finished it
+        if not all(done(sweep.variants[i], seed) for i in kept):
+            break
+        seeds.append(seed)
+    missing = [labels[i] for i in range(len(labels)) if i not in kept]
+    note = f"Interim tables: {len(kept)} of {len(labels)} rows, seeds {seeds} of {sweep.seeds}" + (
+        f"; not finished yet: {', '.join(missing)}." if missing else "."
+    )
+    return dataclasses.replace(
+        sweep,
+        variants=[sweep.variants[i] for i in kept],
+        seeds=seeds,
+        resume=True,
+        description=f"{note}\n\n{sweep.description}" if sweep.description else note,
+    )
+
+
+def render_finished(sweep: SweepConfig) -> dict:
+    """Write the interim tables of a stopped sweep (`finished_sweep`) into its folder; nothing trains (every run is
+    reused and checked against its recorded settings, as under `--resume`). Returns the interim summary."""
+
+    def refuse(run) -> dict:
+        raise RuntimeError(f"{run.output_dir} has not finished; interim tables train nothing.")
+
+    return run_sweep(finished_sweep(sweep), runner=refuse)
 
 
 def _runner(kind: str, get_dataloaders: Callable | None) -> Callable[[Any], dict]:
