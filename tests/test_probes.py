@@ -8,6 +8,7 @@ import string
 
 import pytest
 import torch
+from tiny_models import BERT_LIKE
 
 import hf_posenc
 from hf_posenc.recipes.probes import (
@@ -55,16 +56,7 @@ def checkpoint(tmp_path_factory):
     vocab = {token: index for index, token in enumerate(tiny_vocab())}
     BertTokenizer(vocab=vocab).save_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=TRAINED,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = BertConfig(**{**BERT_LIKE, "vocab_size": len(vocab), "max_position_embeddings": TRAINED})
     BertModel(config).save_pretrained(folder)
     return folder
 

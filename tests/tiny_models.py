@@ -8,7 +8,7 @@ import transformers as tf
 MAX_POSITIONS = 64
 """Every tiny model's trained length: inputs longer than this exercise "longer than the table"."""
 
-_BERT_LIKE = dict(
+BERT_LIKE = dict(
     vocab_size=99,
     hidden_size=32,
     num_hidden_layers=2,
@@ -38,11 +38,11 @@ _BART_LIKE = dict(
 )
 
 CONFIGS = {
-    "bert": lambda: tf.BertConfig(**_BERT_LIKE),
-    "roberta": lambda: tf.RobertaConfig(**_BERT_LIKE, pad_token_id=1),
-    "xlm-roberta": lambda: tf.XLMRobertaConfig(**_BERT_LIKE, pad_token_id=1),
-    "camembert": lambda: tf.CamembertConfig(**_BERT_LIKE, pad_token_id=1),
-    "electra": lambda: tf.ElectraConfig(**_BERT_LIKE, embedding_size=16),
+    "bert": lambda: tf.BertConfig(**BERT_LIKE),
+    "roberta": lambda: tf.RobertaConfig(**BERT_LIKE, pad_token_id=1),
+    "xlm-roberta": lambda: tf.XLMRobertaConfig(**BERT_LIKE, pad_token_id=1),
+    "camembert": lambda: tf.CamembertConfig(**BERT_LIKE, pad_token_id=1),
+    "electra": lambda: tf.ElectraConfig(**BERT_LIKE, embedding_size=16),
     "distilbert": lambda: tf.DistilBertConfig(
         vocab_size=99,
         dim=32,
