@@ -363,6 +363,25 @@ def test_bad_methods_name_the_fix(checkpoint, tokenizer, haystack, tmp_path):
         build_model(str(checkpoint), ProbeMethod("x", encoding="alibi2", max_length=128))
 
 
+@pytest.mark.parametrize(
+    ("cls", "kind", "valid"),
+    [
+        (ProbeSettings, "probe setting", "lengths"),
+        (ProbeMethod, "probe method", "init"),
+        (ProbeConfig, "probe config", "methods"),
+    ],
+)
+def test_probe_dicts_refuse_unknown_keys_naming_the_valid_ones(tmp_path, cls, kind, valid):
+    with pytest.raises(ValueError, match=rf"Unknown {kind} key\(s\) \['lenghts'\]\. Valid keys: .*'{valid}'"):
+        cls.from_dict({"lenghts": [128]})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(["not", "an", "object"]))
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        cls.from_file(path)
+    path.write_text(json.dumps(cls().to_dict()))
+    assert cls.from_file(path) == cls()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Runs: results files, resume, command line
 # ---------------------------------------------------------------------------------------------------------------------

@@ -34,9 +34,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..data import load_running_text
+from ..settings import Settings
 
 TASKS = ("passkey", "needle")
 """The probe tasks."""
@@ -71,7 +72,7 @@ CITIES = tuple(_CITIES.split())
 
 
 @dataclass
-class ProbeSettings:
+class ProbeSettings(Settings):
     """What a generated probe set depends on (with the tokenizer and the haystack's content).
 
     Attributes:
@@ -88,6 +89,8 @@ class ProbeSettings:
             lines).
         varied_haystack: Give every needle document its own haystack window (default: one window per length).
     """
+
+    config_kind: ClassVar[str] = "probe setting"
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     lengths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048, 4096])
@@ -122,13 +125,6 @@ class ProbeSettings:
     def documents_per_depth(self, length: int) -> int:
         """Documents per depth at `length` (`long_per_depth` above `long_from`)."""
         return self.long_per_depth if length > self.long_from else self.per_depth
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ProbeSettings:
-        unknown = set(values) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"Unknown probe setting(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}.")
-        return cls(**values)
 
 
 @dataclass

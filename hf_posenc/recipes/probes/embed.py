@@ -17,12 +17,13 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..data import resolve_checkpoint
+from ..settings import Settings
 from .data import ProbeSet, _Layout
 
 POOLINGS = ("mean", "cls")
@@ -37,7 +38,7 @@ _OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclass
-class ProbeMethod:
+class ProbeMethod(Settings):
     """How the checkpoint reads long inputs (all training-free).
 
     Attributes:
@@ -59,6 +60,8 @@ class ProbeMethod:
             length; group size or stretch s), so inputs up to T, queries included, run on the stock model.
             `max_length` is then the longest input. For `init` / `position_ids` extensions only.
     """
+
+    config_kind: ClassVar[str] = "probe method"
 
     name: str = "stock"
     encoding: str | None = None
@@ -91,13 +94,6 @@ class ProbeMethod:
             raise ValueError("chunk_length applies to chunked encoding only (--chunked).")
         if self.dynamic and not (self.init or self.position_ids) or self.dynamic and self.chunked:
             raise ValueError("dynamic scales a learned-table extension per input: pass --init or --position_ids.")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ProbeMethod:
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"Unknown method field(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}.")
-        return cls(**values)
 
 
 def preset_methods(max_length: int = 4096, attention_scale: str = "log") -> dict[str, ProbeMethod]:

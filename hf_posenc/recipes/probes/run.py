@@ -17,12 +17,13 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..data import resolve_checkpoint
 from ..results import environment, write_json
+from ..settings import Settings
 from .data import TASKS, ProbeSettings, load_probe_set
 from .embed import (
     INITS,
@@ -53,7 +54,7 @@ SIZING = (
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(Settings):
     """A probe run.
 
     Attributes:
@@ -67,6 +68,8 @@ class ProbeConfig:
             default when `--lengths` is not given, so that the stock model runs up to its 512 positions).
         name: The run's title.
     """
+
+    config_kind: ClassVar[str] = "probe config"
 
     checkpoint: str = DEFAULT_CHECKPOINT
     settings: ProbeSettings = field(default_factory=ProbeSettings)
@@ -90,17 +93,6 @@ class ProbeConfig:
             extra = sorted(set(method.lengths or []) - set(self.settings.lengths))
             if extra:
                 raise ValueError(f"Method {method.name!r} asks for lengths {extra} that the probe set does not have.")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ProbeConfig:
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"Unknown config field(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}.")
-        return cls(**values)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> ProbeConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def identity(self) -> dict[str, Any]:
         """What the scores depend on (not the output folder, batch size, title or the order of the methods)."""
