@@ -535,3 +535,19 @@ def test_a_training_forward_of_a_learned_table_run_by_the_backend(options):
         loss = model(input_ids=torch.randint(0, 50, (2, 12)), labels=torch.tensor([0, 1])).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    ("error", "hinted"), [(RuntimeError("shape mismatch"), True), (KeyError("x"), True), (ValueError("bad"), False)]
+)
+def test_cli_errors_are_one_line_and_traceback_shows_them_whole(tmp_path, capsys, monkeypatch, error, hinted):
+    def failing(checkpoint):
+        raise error
+
+    monkeypatch.setattr("hf_posenc.hub.cli.inspect_checkpoint", failing)
+    assert cli.main(["inspect", str(tmp_path)]) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("hf-posenc inspect: error:")
+    assert ("--traceback inspect" in lines[0]) is hinted
+    with pytest.raises(type(error)):
+        cli.main(["--traceback", "inspect", str(tmp_path)])
