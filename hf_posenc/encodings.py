@@ -112,7 +112,8 @@ class AttentionOptions:
         scale: None, or "log": for a key length `K` above `scale_length` the scores `q.k` are sharpened by
             `log(K) / log(scale_length)` (the attention temperature of YaRN, Peng et al. 2023, arXiv:2309.00071;
             LongEmbed appendix B, Zhu et al. 2024, arXiv:2404.12096; Chiang & Cholak 2022, arXiv:2202.12172).
-            At or below `scale_length` nothing changes.
+            At or below `scale_length` nothing changes. `K` is the call's key length, padding included: in a
+            padded batch every input takes the factor of the longest one.
         scale_length: the reference length (the trained length).
         window: None (full attention), or local attention: token `i` attends to token `j` when `|i - j| <= window // 2`
             (token indices, not position ids; Longformer, Beltagy et al. 2020, arXiv:2004.05150).

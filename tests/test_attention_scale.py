@@ -149,3 +149,17 @@ def test_bad_scale_options_leave_the_model_unchanged(encoding, kwargs, error, wo
         patch_model(model, encoding, **kwargs)
     assert words in str(raised.value)
     _assert_unchanged(model, snapshot)
+
+
+def test_a_padded_input_takes_the_factor_of_its_batchs_longest_input():
+    """The documented behaviour: `L` is the call's key length, padding included."""
+    model = patch_model(tiny_model("bert"), "alibi", attention_scale="log", attention_scale_length=16)
+    short, long = token_ids(1, 24), token_ids(1, 48)
+    padded = torch.cat([short, torch.zeros(1, 24, dtype=short.dtype)], dim=1)
+    mask = torch.tensor([[1] * 24 + [0] * 24, [1] * 48])
+    with torch.no_grad():
+        alone = model(input_ids=short).last_hidden_state[0]
+        batched = model(input_ids=torch.cat([padded, long]), attention_mask=mask).last_hidden_state[0, :24]
+        padded_alone = model(input_ids=padded, attention_mask=mask[:1]).last_hidden_state[0, :24]
+    torch.testing.assert_close(batched, padded_alone, atol=1e-5, rtol=0)
+    assert float((batched - alone).abs().max()) > 1e-5  # log(48) / log(16), not log(24) / log(16)
