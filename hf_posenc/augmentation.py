@@ -17,13 +17,14 @@ row ids instead, offset by `padding_idx + 1`: `PositionAugmentation.for_model` r
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import default_collate, get_worker_info
+from torch.utils.data import default_collate
 
 from .architectures import architecture_for
 
@@ -122,8 +123,11 @@ def _pose(
 class PositionAugmentation:
     """A data collator wrapper that adds augmented `position_ids` to every batch.
 
-    Usable as a HF `Trainer` `data_collator` or a `DataLoader` `collate_fn`. The ids are sampled with a generator
-    seeded by `seed`, so a run is repeatable; each `DataLoader` worker gets its own stream (`seed`, worker id).
+    Usable as a HF `Trainer` `data_collator` or a `DataLoader` `collate_fn`. A batch's ids are drawn with a generator
+    seeded by `(seed, epoch, the batch's tensors)`: they depend on the batch alone, not on the batches before it, so a
+    run is repeatable, a resumed run (which skips the batches already seen) draws exactly the ids of an uninterrupted
+    one, and `DataLoader` workers need no streams of their own. Two equal batches of one epoch get equal ids;
+    `set_epoch` (the recipes' training loop calls it at every epoch, as for a sampler) draws new ones.
 
     Args:
         target_length: the length the model should learn to read (every logical id is `< target_length`).
@@ -166,7 +170,7 @@ class PositionAugmentation:
             raise TypeError(f"collator must be callable (a data collator) or None, got {type(collator).__name__}.")
         self.target_length, self.method, self.seed, self.collator = int(target_length), method, int(seed), collator
         self.num_chunks, self.offset = int(num_chunks), int(offset)
-        self._generators: dict[int, torch.Generator] = {}
+        self.epoch = 0
 
     @classmethod
     def for_model(cls, model: nn.Module, target_length: int, method: str = "pose", seed: int = 0, **kwargs):
@@ -175,13 +179,19 @@ class PositionAugmentation:
         offset = stack.offset(model.config) if stack.table_call == "position_ids" else 0
         return cls(target_length, method, seed, offset=offset, **kwargs)
 
-    def _generator(self) -> torch.Generator:
-        worker = get_worker_info()
-        worker_id = -1 if worker is None else worker.id
-        if worker_id not in self._generators:  # workers hold copies: give each its own stream
-            seed = self.seed if worker is None else self.seed * 1_000_003 + worker_id + 1
-            self._generators[worker_id] = torch.Generator().manual_seed(seed)
-        return self._generators[worker_id]
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the ids of epoch `epoch` (with DataLoader workers: call it before the epoch's iterator is made)."""
+        _check_count("epoch", epoch, 0)
+        self.epoch = int(epoch)
+
+    def _generator(self, batch: Mapping[str, Any]) -> torch.Generator:
+        """A generator seeded by the seed, the epoch and every tensor of the batch (names, shapes and values)."""
+        digest = hashlib.blake2b(f"{self.seed}:{self.epoch}".encode(), digest_size=8)
+        for name in sorted(k for k, v in batch.items() if isinstance(v, torch.Tensor)):
+            tensor = batch[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = dict(self.collator(list(features)) if self.collator is not None else _stack(features))
@@ -199,7 +209,7 @@ class PositionAugmentation:
             length,
             target_length=self.target_length,
             method=self.method,
-            generator=self._generator(),
+            generator=self._generator(batch),
             num_chunks=self.num_chunks,
         )
         batch["position_ids"] = (ids + self.offset).to(reference.device)

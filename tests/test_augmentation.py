@@ -98,10 +98,23 @@ def test_collator_adds_position_ids_and_is_deterministic_given_the_seed():
     assert torch.equal(batches[0]["position_ids"], batches[1]["position_ids"])
     assert batches[0]["position_ids"].shape == (4, 20) and batches[0]["labels"].tolist() == [0, 1, 2, 3]
     collate = PositionAugmentation(512, seed=3)
-    first, second = collate(_features(4, 20)), collate(_features(4, 20))
-    assert not torch.equal(first["position_ids"], second["position_ids"])  # the stream advances
+    first, again = collate(_features(4, 20)), collate(_features(4, 20))
+    assert torch.equal(first["position_ids"], again["position_ids"])  # a batch's ids depend on the batch alone
     other = PositionAugmentation(512, seed=4)(_features(4, 20))
     assert not torch.equal(first["position_ids"], other["position_ids"])
+
+
+def test_ids_depend_on_the_batch_and_the_epoch_not_on_earlier_batches():
+    later = _features(4, 20)
+    later[0]["labels"] = 9
+    collate = PositionAugmentation(512, seed=3)
+    after_others = [collate(_features(4, 20)), collate(later)][-1]["position_ids"]
+    assert torch.equal(PositionAugmentation(512, seed=3)(later)["position_ids"], after_others)  # what resume needs
+    assert not torch.equal(after_others, collate(_features(4, 20))["position_ids"])  # another batch, other ids
+    collate.set_epoch(1)
+    assert not torch.equal(after_others, collate(later)["position_ids"])
+    with pytest.raises(ValueError, match="epoch"):
+        collate.set_epoch(-1)
 
 
 def test_collator_wraps_another_collator():
@@ -115,11 +128,14 @@ def test_collator_wraps_another_collator():
     assert batch["position_ids"].shape == (2, 5) and int(batch["position_ids"].max()) < 64
 
 
-def test_dataloader_workers_get_distinct_streams():
+def test_dataloader_workers_draw_what_one_process_draws():
     data = _features(8, 12)
-    loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=2, collate_fn=PositionAugmentation(4096))
+    collate = PositionAugmentation(4096)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate)
     first, second = [b["position_ids"] for b in loader]
-    assert not torch.equal(first, second)  # each worker holds a copy of the collator: streams must differ
+    assert not torch.equal(first, second)  # the batches differ (their labels), and so do their ids
+    alone = [b["position_ids"] for b in torch.utils.data.DataLoader(data, batch_size=4, collate_fn=collate)]
+    assert torch.equal(first, alone[0]) and torch.equal(second, alone[1])
 
 
 @pytest.mark.parametrize("model_type, offset", [("bert", 0), ("roberta", 2), ("bart", 0)])

@@ -150,11 +150,13 @@ def test_unknown_pooling_is_refused(assets, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(assets, tmp_path):
+@pytest.mark.parametrize("augmentation", ["none", "pose", "randomized"])
+def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(assets, tmp_path, augmentation):
     # 64 training reviews, batch 8, accumulation 2: 4 optimizer steps per epoch. The run stops after step 3 (mid
     # epoch, with a checkpoint: the simulated kill) and resumes into the second epoch. Dropout is on, so the RNG
-    # state must be restored too.
+    # state must be restored too; with position augmentation, the resumed batches must get the same position ids.
     common = dict(max_steps=6, gradient_accumulation_steps=2, eval_lengths=[16, 64], learning_rate=5e-3)
+    common["position_augmentation"] = augmentation
     whole = run_classification(tiny_run(assets, tmp_path / "whole", **common), keep_model=True)
     killed = tiny_run(assets, tmp_path / "killed", stop_after=3, **common)
     stopped = run_classification(killed)

@@ -184,7 +184,7 @@ def augment_loader(loader: DataLoader, model: nn.Module, run: TrainingSettings) 
     """Wrap `loader`'s collator in `PositionAugmentation` (seeded by `run.seed`) when the run asks for it.
 
     The ids follow the model's convention (`PositionAugmentation.for_model`: RoBERTa-style tables count rows).
-    Exact resume replays the data order but not the augmentation stream: a resumed run draws other position ids.
+    A batch's ids depend on the seed, the epoch and the batch alone, so exact resume draws the same ids.
     """
     if run.position_augmentation == "none":
         return loader

@@ -215,6 +215,8 @@ def train_loop(accelerator, model, optimizer, scheduler, loader, settings: LoopS
         loader.set_epoch(epoch)
         if hasattr(loader.dataset, "set_epoch"):  # per-epoch data (random training windows); Accelerate skips it
             loader.dataset.set_epoch(epoch)  # when its sampler has set_epoch, as the seedable sampler does
+        if hasattr(loader.collate_fn, "set_epoch"):  # per-epoch augmentation (position ids)
+            loader.collate_fn.set_epoch(epoch)
         skip = (state["completed_steps"] - epoch * settings.steps_per_epoch) * accumulation
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         model.train()
