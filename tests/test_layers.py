@@ -111,8 +111,8 @@ def test_import_linter_contracts_are_kept():
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [
-        ("encodings.py", "from hf_posenc.recipes import sweep", "Layers"),
-        ("encodings.py", "from hf_posenc import patching", "Layers"),
+        ("encodings/base.py", "from hf_posenc.recipes import sweep", "Layers"),
+        ("encodings/rope.py", "from hf_posenc import patching", "Layers"),
         ("hub/format.py", "from hf_posenc.bench import report", "never import the recipes or the bench"),
         ("bench/report.py", "from hf_posenc.recipes import stats", "The bench never imports the recipes"),
     ],
