@@ -426,6 +426,17 @@ def test_run_writes_results_per_method_and_resumes(checkpoint, haystack, tmp_pat
     assert "Scored before ties shared credit, when a tie counted as a miss (tied queries not recorded): `stock`." in (
         markdown(legacy)
     )
+    from hf_posenc.recipes.stats import score_interval
+
+    acc, n = stock["acc_at_1"]["passkey"]["48"], stock["candidates"]["passkey"]["48"]
+    low, high = score_interval(acc, n)
+    assert low <= acc <= high and high - low > 0.1  # a handful of documents: a wide interval
+    assert f"| stock | {acc:.2f} [{low:.2f}, {high:.2f}] |" in text
+    (out / "results.md").unlink()  # `hf-posenc report` re-renders a probe results.json
+    from hf_posenc.cli import main as cli_main
+
+    assert cli_main(["report", str(out / "results.json")]) == 0
+    assert (out / "results.md").read_text() == text
 
     # An interrupted run: drop one method's file; --resume re-runs only that one (and the unavailable one).
     (out / "methods" / "swap-alibi.json").unlink()

@@ -390,3 +390,25 @@ def test_plot_intervals(tmp_path, bands):
     assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
     assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [128]
     assert "training length (128)" in [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 40), (1, 40), (20, 40), (39, 40), (40, 40), (3, 7), (150, 300)])
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
+def test_score_interval_is_scipys_wilson_interval_for_counts(k, n, level):
+    from scipy import stats as scipy_stats
+
+    expected = scipy_stats.binomtest(k, n).proportion_ci(level, method="wilson")
+    low, high = stats.score_interval(k / n, n, level)
+    assert low == pytest.approx(expected.low, abs=1e-12) and high == pytest.approx(expected.high, abs=1e-12)
+
+
+def test_score_interval_shrinks_with_n_and_covers_shared_credit():
+    widths = [np.subtract(*stats.score_interval(0.5, n)[::-1]) for n in (10, 40, 160)]
+    assert widths[0] > widths[1] > widths[2] and widths[1] == pytest.approx(widths[0] / 2, rel=0.25)
+    low, high = stats.score_interval(0.4125, 40)  # 16 hits and a 3-way tie (1/3 + 1/3 + 1/3 -> 1 more hit, shared)
+    assert 0.0 < low < 0.4125 < high < 1.0
+    for bad in [(1.2, 40), (-0.1, 40), (0.5, 0), (0.5, 2.5), (0.5, True)]:
+        with pytest.raises(ValueError, match="mean in \\[0, 1\\] and n >= 1"):
+            stats.score_interval(*bad)
+    with pytest.raises(ValueError, match="level"):
+        stats.score_interval(0.5, 40, 1.0)

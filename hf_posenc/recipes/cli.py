@@ -24,6 +24,7 @@ from ..patching import patch_model
 from .classification import run_classification
 from .data import load_running_text, resolve_checkpoint
 from .mlm import adapt
+from .probes.report import render as render_probes
 from .results import write_run_results
 from .settings import JsonDict, RunConfig, Settings, SweepConfig
 from .sweep import render, run_sweep
@@ -143,10 +144,10 @@ def register_cli(subparsers) -> None:
     report = subparsers.add_parser(
         "report",
         help="re-render results.md / results.png from a results.json",
-        description="Re-render results.md (and a sweep's results.png) from a results.json.",
+        description="Re-render results.md (and the plots of a sweep or a probe run) from a results.json.",
         formatter_class=shown,
     )
-    report.add_argument("results", help="a results.json written by `train` or `sweep`")
+    report.add_argument("results", help="a results.json written by `train`, `sweep` or `probe`")
     report.set_defaults(func=_cli_report)
     register_adapt(subparsers)
 
@@ -240,9 +241,13 @@ def _cli_sweep(args: argparse.Namespace) -> int:
 
 def _cli_report(args: argparse.Namespace) -> int:
     path = Path(args.results)
-    results = read_json(path, "Pass a results.json written by `hf-posenc train` or `sweep`.")
+    results = read_json(path, "Pass a results.json written by `hf-posenc train`, `sweep` or `probe`.")
     if not isinstance(results, dict) or ("config" not in results and results.get("kind") != "sweep"):
-        raise ValueError(f"{path} is not a results.json written by `hf-posenc train` or `sweep`.")
+        raise ValueError(f"{path} is not a results.json written by `hf-posenc train`, `sweep` or `probe`.")
+    if results.get("kind") == "probe":
+        render_probes(results, path.parent)
+        print((path.parent / "results.md").read_text())
+        return 0
     if "metrics" not in results and results.get("kind") != "sweep":
         print(stopped_message(results))
         return 0

@@ -785,6 +785,27 @@ def compare_tables(
     return TableComparison(results, only_fresh, only_reference)
 
 
+def score_interval(mean: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval for the mean of `n` independent scores in [0, 1] (Wilson 1927; Agresti & Coull 1998).
+
+    For 0/1 scores it is the binomial Wilson interval (`scipy.stats.binomtest(k, n).proportion_ci("wilson")`); a
+    score between 0 and 1 (a tie's shared credit) has at most the variance of a 0/1 score with the same mean, so the
+    interval stays valid, a little conservative. Used where only a cell's mean and size were recorded (the probes);
+    unlike a percentile bootstrap it does not collapse to a point at 0 or 1.
+
+    Raises:
+        ValueError: `mean` outside [0, 1], `n` below 1, or `level` outside (0, 1).
+    """
+    if not 0.0 <= mean <= 1.0 or isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"score_interval needs a mean in [0, 1] and n >= 1 scores, got mean={mean!r}, n={n!r}.")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}.")
+    z = float(scipy_stats.norm.ppf(0.5 + level / 2))
+    center = (mean + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * float(np.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------------------------------

@@ -10,10 +10,21 @@ from typing import Any
 import torch
 
 from ..results import write_json
+from ..stats import score_interval
 
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
+
+
+def _cell(value: float | None, n: int | None) -> str:
+    """`0.62 [0.47, 0.76]`: Acc@1 with its 95% score interval over the cell's `n` queries."""
+    if value is None:
+        return "—"
+    if not n:
+        return _fmt(value)
+    low, high = score_interval(value, n)
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def _done(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -34,14 +45,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"{settings['per_depth']} documents per depth ({settings['long_per_depth']} above {settings['long_from']} "
         f"tokens), seed {settings['seed']}, needle haystack `{settings['haystack']}` ("
         f"{'a window per document' if settings.get('varied_haystack') else 'one window per length'}). Lengths "
-        "count the tokenizer's ids, special tokens included. — : not run (past the method's limit).\n",
+        "count the tokenizer's ids, special tokens included. Brackets: 95% Wilson score interval over the cell's "
+        "queries (one per document; `stats.score_interval`). — : not run (past the method's limit).\n",
     ]
     for task in settings["tasks"]:
         text.append(f"## {task}\n")
         text.append("| Acc@1 | " + " | ".join(lengths) + " |\n|---" * 1 + "|---" * len(lengths) + "|")
         for name, r in done.items():
-            row = r["acc_at_1"].get(task, {})
-            text.append(f"| {name} | " + " | ".join(_fmt(row.get(n)) for n in lengths) + " |")
+            row, sizes = r["acc_at_1"].get(task, {}), r.get("candidates", {}).get(task, {})
+            text.append(f"| {name} | " + " | ".join(_cell(row.get(n), sizes.get(n)) for n in lengths) + " |")
         chance = [summary["chance"].get(f"{task}/{n}") for n in lengths]
         text.append("| chance | " + " | ".join(_fmt(c) for c in chance) + " |\n")
     strict = [name for name, r in done.items() if "tied_queries" not in r]
@@ -97,7 +109,22 @@ def plot_scores(results: dict[str, Any], path: Path) -> None:
             style = "-" if index < 10 else "--"
             color = plt.get_cmap("tab20")(index % 20)  # 20 distinct colors: a study has about that many methods
             ys = [row[str(n)] for n in xs]
-            axis.plot(xs, ys, style, color=color, marker=markers[index % len(markers)], label=name)
+            sizes = r.get("candidates", {}).get(task, {})
+            bounds = [
+                score_interval(row[str(n)], sizes[str(n)]) if sizes.get(str(n)) else (y, y) for n, y in zip(xs, ys)
+            ]
+            errors = [[y - low for y, (low, _) in zip(ys, bounds)], [high - y for y, (_, high) in zip(ys, bounds)]]
+            shift = 2 ** (0.015 * (index - (len(done) - 1) / 2))  # side by side, so the bars stay readable
+            axis.errorbar(
+                [x * shift for x in xs],
+                ys,
+                yerr=errors,
+                fmt=style + markers[index % len(markers)],
+                color=color,
+                elinewidth=0.6,
+                capsize=1.5,
+                label=name,
+            )
         chance = [results["probe_set"]["chance"][f"{task}/{n}"] for n in lengths]
         axis.plot(lengths, chance, ":", color="gray", label="chance")
         trained = next((r["trained_length"] for r in done.values()), None)
@@ -108,7 +135,7 @@ def plot_scores(results: dict[str, Any], path: Path) -> None:
         axis.set_ylim(-0.03, 1.03)
         axis.set_xlabel("document length (tokens)")
         axis.set_ylabel("Acc@1")
-        axis.set_title(task)
+        axis.set_title(f"{task} (bars: 95% score intervals)")
         axis.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     title, model = results["config"]["name"], Path(str(results["config"]["checkpoint"])).name
