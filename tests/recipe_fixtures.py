@@ -77,3 +77,20 @@ def make_recipe_assets(root: Path) -> dict[str, Path]:
         "running": make_running_text(root / "running.txt"),
         "root": root,
     }
+
+
+def tiny_run_config(assets: dict[str, Path], output_dir: Path, **values):
+    """A `RunConfig` for the tiny BERT on the fixture reviews (ALiBi, batch 8, learning rate 1e-3, no progress bars),
+    with `values` (lengths, steps, any override) on top."""
+    from hf_posenc.recipes.settings import RunConfig
+
+    base = dict(
+        model=str(assets["bert"]),
+        dataset=str(assets["reviews"]),
+        encoding="alibi",
+        batch_size=8,
+        learning_rate=1e-3,
+        output_dir=str(output_dir),
+        progress=False,
+    )
+    return RunConfig.from_dict({**base, **values})

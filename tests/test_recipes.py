@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_fixtures import make_recipe_assets, make_reviews_csv
+from recipe_fixtures import make_recipe_assets, make_reviews_csv, tiny_run_config
 
 from hf_posenc import cli
 from hf_posenc.recipes.classification import classification_dataloaders, load_adapted_encoder, run_classification
@@ -44,19 +44,8 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_run(assets, tmp_path: Path, **overrides) -> RunConfig:
-    values = dict(
-        model=str(assets["bert"]),
-        dataset=str(assets["reviews"]),
-        encoding="alibi",
-        train_length=32,
-        eval_lengths=[16, 32, 64, 128],
-        epochs=1,
-        batch_size=8,
-        learning_rate=1e-3,
-        output_dir=str(tmp_path / "run"),
-        progress=False,
-    )
-    return RunConfig.from_dict({**values, **overrides})
+    values = dict(train_length=32, eval_lengths=[16, 32, 64, 128], epochs=1)
+    return tiny_run_config(assets, tmp_path / "run", **{**values, **overrides})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

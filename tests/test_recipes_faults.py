@@ -16,7 +16,7 @@ from pathlib import Path
 import accelerate
 import pytest
 import torch
-from recipe_fixtures import make_reviews_csv, make_tiny_bert
+from recipe_fixtures import make_reviews_csv, make_tiny_bert, tiny_run_config
 
 from hf_posenc import cli
 from hf_posenc.hub.files import atomic_path, atomic_write, publish_folder, read_json
@@ -37,19 +37,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_run(assets, folder: Path, **overrides) -> RunConfig:
-    values = dict(
-        model=str(assets["bert"]),
-        dataset=str(assets["reviews"]),
-        encoding="alibi",
-        train_length=32,
-        eval_lengths=[16, 32],
-        epochs=1,
-        batch_size=8,
-        learning_rate=1e-3,
-        output_dir=str(folder),
-        progress=False,
-    )
-    return RunConfig.from_dict({**values, **overrides})
+    return tiny_run_config(assets, folder, **{**dict(train_length=32, eval_lengths=[16, 32], epochs=1), **overrides})
 
 
 def cli_args(run: RunConfig, **changes) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_fixtures import make_recipe_assets
+from recipe_fixtures import make_recipe_assets, tiny_run_config
 
 from hf_posenc.recipes.chunked import ChunkingCollator, chunk_starts, chunked_document_logits
 from hf_posenc.recipes.classification import MeanPoolingClassifier, run_classification
@@ -25,20 +25,8 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_run(assets, tmp_path: Path, **overrides) -> RunConfig:
-    values = dict(
-        model=str(assets["bert"]),
-        dataset=str(assets["reviews"]),
-        encoding="alibi",
-        pooling="mean",
-        train_length=16,
-        eval_lengths=[16, 64],
-        max_steps=4,
-        batch_size=8,
-        learning_rate=1e-3,
-        output_dir=str(tmp_path / "run"),
-        progress=False,
-    )
-    return RunConfig.from_dict({**values, **overrides})
+    values = dict(pooling="mean", train_length=16, eval_lengths=[16, 64], max_steps=4)
+    return tiny_run_config(assets, tmp_path / "run", **{**values, **overrides})
 
 
 def saved(run: RunConfig) -> dict:
