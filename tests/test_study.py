@@ -9,6 +9,7 @@ and difference has a known value; the data, tokenizer, TF-IDF baseline and rende
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -308,6 +309,11 @@ def test_best_variant_is_saved_with_its_model_card(assets, tmp_path, capsys):
     assert (folder / "README.md").is_file() and (folder / "config.json").is_file()
     assert "alibi" in (folder / "README.md").read_text().lower()
     assert "someone/tiny-alibi" in capsys.readouterr().out  # the dry run says what it would upload
+    listing = (tmp_path / "card" / "checkpoint_files.md").read_text()
+    weights = folder / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert f"| `model.safetensors` | {weights.stat().st_size:,} | `{digest}` |" in listing
+    assert all(f"`{p.name}`" in listing for p in folder.iterdir() if p.is_file())
 
 
 def test_real_runs_predictions_give_every_cell_an_interval(assets, tmp_path):

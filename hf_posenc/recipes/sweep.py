@@ -11,6 +11,7 @@ documents and on the long ones alone (`long_documents`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -710,4 +711,26 @@ def export_best_variant(
     card_results = {k: v for k, v in trained.items() if k != "predictions"}
     folder = save_for_hub(encoder, Path(destination) / "checkpoint", tokenizer=tokenizer, results=card_results)
     push = push_to_hub(encoder, repo_id, tokenizer=tokenizer, results=card_results, dry_run=True)
+    atomic_write(Path(destination) / "checkpoint_files.md", checkpoint_listing(Path(folder), variant))
     return {"variant": variant, "folder": str(folder), "results": card_results, "push": push}
+
+
+def checkpoint_listing(folder: Path, variant: str) -> str:
+    """A Markdown table of a checkpoint folder's files with their sizes and SHA-256, so a card committed without its
+    weights still shows the whole layout, and a retrained copy can be checked against it."""
+    rows = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        rows.append(f"| `{path.relative_to(folder).as_posix()}` | {path.stat().st_size:,} | `{digest}` |")
+    return "\n".join(
+        [
+            f"# Checkpoint layout: {variant}\n",
+            f"The folder `{folder.name}/` as `hub.save_for_hub` wrote it (and a push would upload it). Weights are",
+            "not kept in git; the export retrains the variant with its first seed's settings, which gives these files",
+            "again on the same versions (compare the SHA-256).\n",
+            "| file | bytes | SHA-256 |",
+            "|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
