@@ -79,9 +79,9 @@ def make_recipe_assets(root: Path) -> dict[str, Path]:
     }
 
 
-def tiny_run_config(assets: dict[str, Path], output_dir: Path, **values):
+def tiny_run_config(assets: dict[str, Path], folder: Path, **values):
     """A `RunConfig` for the tiny BERT on the fixture reviews (ALiBi, batch 8, learning rate 1e-3, no progress bars),
-    with `values` (lengths, steps, any override) on top."""
+    writing to `folder`, with `values` (lengths, steps, any override, `output_dir` too) on top."""
     from hf_posenc.recipes.settings import RunConfig
 
     base = dict(
@@ -90,7 +90,7 @@ def tiny_run_config(assets: dict[str, Path], output_dir: Path, **values):
         encoding="alibi",
         batch_size=8,
         learning_rate=1e-3,
-        output_dir=str(output_dir),
+        output_dir=str(folder),
         progress=False,
     )
     return RunConfig.from_dict({**base, **values})

@@ -525,6 +525,8 @@ def test_adapt_is_repeatable_given_the_seed(assets):
         ({"steps": 0}, "steps must be >= 1"),
         ({"encoding": "learned"}, r"extend_positions\(model, 256\)"),
         ({"texts": ["w1 w2"]}, "no chunk of 16 tokens"),
+        ({"head_warmup_steps": -1}, "head_warmup_steps must be an int >= 0"),
+        ({"head_learning_rate": 0.0}, "head_learning_rate must be positive"),
     ],
 )
 def test_adapt_refuses_bad_input_before_training(assets, kwargs, message):
@@ -717,3 +719,81 @@ def test_adapt_the_real_checkpoint_to_2048_tokens(assets, tmp_path):
         torch.testing.assert_close(
             loaded(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state, atol=1e-4, rtol=0
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MLM head warm-up
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_head_warm_up_trains_only_the_new_heads_own_parameters(assets, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hf_posenc.recipes.mlm import (
+        MaskedPositionsMLM,
+        build_mlm_model,
+        head_parameters,
+        mlm_dataloaders,
+        warm_up_head,
+    )
+
+    run = mlm_run(assets, tmp_path, encoding="t5", position_augmentation="none")
+    model = MaskedPositionsMLM(build_mlm_model(run))  # the tiny BERT has no MLM head: a new one, decoder tied
+    loader, _ = mlm_dataloaders(run, AutoTokenizer.from_pretrained(assets["bert"]))
+    own = {id(p) for p in head_parameters(model)}
+    names = {n for n, p in model.named_parameters() if id(p) in own}
+    assert any("transform.dense" in n for n in names) and not any("word_embeddings" in n for n in names)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    record = warm_up_head(model, loader, 4, 1e-2)
+    assert record["steps"] == 4 and len(record["losses"]) == 4
+    for name, parameter in model.named_parameters():  # the encoder, its T5 table and the tied embeddings untouched
+        assert (not torch.equal(parameter, before[name])) == (id(parameter) in own), name
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+
+
+def test_head_warm_up_is_recorded_and_keyed_only_when_it_runs(assets, tmp_path):
+    from hf_posenc.recipes.adaptation import HEAD_WARMUP_FIELDS, adaptation_key
+
+    plain_run = mlm_run(assets, tmp_path, encoding="t5", output_dir=str(tmp_path / "a"))
+    plain = run_classification(plain_run)
+    warmed_run = mlm_run(assets, tmp_path, encoding="t5", mlm_head_warmup_steps=3, output_dir=str(tmp_path / "b"))
+    warmed = run_classification(warmed_run)
+    assert "head_warmup" not in plain["mlm"] and len(warmed["mlm"]["head_warmup"]["losses"]) == 3
+    assert set(warmed["mlm"]["head_warmup"]["after"]) == {"32"}  # MLM loss after the warm-up, per length
+    assert warmed["mlm"]["cache"]["hash"] != plain["mlm"]["cache"]["hash"]
+    assert "+head3" in warmed_run.variant and "+head" not in plain_run.variant
+    # Without the warm-up the key is the one written before the warm-up existed: cached entries keep their names.
+    key = adaptation_key(plain_run, str(assets["bert"]), 0, None)
+    assert not set(HEAD_WARMUP_FIELDS) & set(key)
+    assert set(HEAD_WARMUP_FIELDS) <= set(adaptation_key(warmed_run, str(assets["bert"]), 0, None))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mlm_head_warmup_steps": -1}, "mlm_head_warmup_steps must be at least 0"),
+        ({"mlm_head_learning_rate": 0.0}, "mlm_head_learning_rate must be positive"),
+    ],
+)
+def test_bad_head_warm_up_settings_are_refused(assets, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        mlm_run(assets, tmp_path, **change)
+
+
+def test_adapt_with_a_head_warm_up_changes_the_result_and_stays_repeatable(assets):
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_posenc
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["bert"])
+
+    def adapted(**kwargs):
+        torch.manual_seed(0)  # the patch initializes the new table from the global generator
+        model = hf_posenc.patch_model(AutoModel.from_pretrained(assets["bert"]), "t5", replace=True)
+        arguments = dict(target_length=256, steps=2, train_length=16, seed=3, **kwargs)
+        return hf_posenc.adapt(model, tokenizer, _texts(assets), **arguments).state_dict()
+
+    plain, warmed, again = adapted(), adapted(head_warmup_steps=3), adapted(head_warmup_steps=3)
+    assert all(torch.equal(warmed[k], again[k]) for k in warmed)
+    assert any(not torch.equal(warmed[k], plain[k]) for k in warmed)

@@ -31,6 +31,7 @@ from .settings import RunConfig
 
 __all__ = [
     "ADAPTATION_FIELDS",
+    "HEAD_WARMUP_FIELDS",
     "adaptation_key",
     "cached_adaptation",
     "file_digest",
@@ -61,6 +62,10 @@ ADAPTATION_FIELDS = (
 )
 """The run settings that change the adapted encoder (besides the seed, the augmentation target and the files'
 contents, which `adaptation_key` adds). Evaluation lengths and task settings are not among them."""
+
+HEAD_WARMUP_FIELDS = ("mlm_head_warmup_steps", "mlm_head_learning_rate")
+"""Settings of the MLM head's warm-up: in the key only when the warm-up runs, so that adaptations cached before it
+existed (no warm-up) keep their entries."""
 
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.safetensors"
@@ -93,6 +98,8 @@ def adaptation_key(run: RunConfig, checkpoint: str, seed: int, target_length: in
         target_length: the augmentation target (None without augmentation).
     """
     settings = {name: getattr(run, name) for name in ADAPTATION_FIELDS}
+    if run.mlm_head_warmup_steps:
+        settings.update({name: getattr(run, name) for name in HEAD_WARMUP_FIELDS})
     folder = Path(checkpoint)
     settings["checkpoint_digest"] = _folder_digest(folder) if folder.is_dir() else checkpoint
     data = Path(run.mlm_dataset)

@@ -172,6 +172,10 @@ def register_adapt(subparsers) -> None:
     parser.add_argument("--train_length", type=int, default=128, help="tokens per training chunk")
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="AdamW peak learning rate")
     parser.add_argument("--batch_size", type=int, default=16, help="chunks per step")
+    parser.add_argument(
+        "--head_warmup_steps", type=int, default=0, help="steps that train only a new MLM head first (0: none)"
+    )
+    parser.add_argument("--head_learning_rate", type=float, default=1e-3, help="learning rate of the head warm-up")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head, data order, masks and augmentation")
     parser.add_argument("--texts", default="wikipedia", help="running text: an offline dataset name or a local file")
     parser.add_argument("--encoding", default=None, help="patch this encoding first (unset: keep the checkpoint's)")
@@ -206,6 +210,8 @@ def _cli_adapt(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         seed=args.seed,
+        head_warmup_steps=args.head_warmup_steps,
+        head_learning_rate=args.head_learning_rate,
         output_dir=output,
     )
     print(

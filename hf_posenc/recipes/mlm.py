@@ -145,6 +145,46 @@ class MaskedPositionsMLM(nn.Module):
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
+def head_parameters(model: MaskedPositionsMLM) -> list[nn.Parameter]:
+    """The MLM head's own parameters: those outside the encoder (a decoder tied to the word embeddings excepted)."""
+    encoder = {id(p) for p in model.base_model.parameters()}
+    return [p for p in model.parameters() if id(p) not in encoder]
+
+
+def warm_up_head(model: MaskedPositionsMLM, loader, steps: int, learning_rate: float) -> dict:
+    """Train only the MLM head's own parameters for `steps` batches of `loader` (AdamW at a constant
+    `learning_rate`), the encoder and the tied word embeddings frozen; trainability is restored afterwards.
+
+    A newly initialized head (all-MiniLM-L6-v2 has none) starts at the loss of a uniform guess (ln 30522 = 10.3);
+    trained together with the encoder from there, its random projections send large, meaningless gradients into every
+    layer.
+    Fitting the head to the frozen encoder first is the usual remedy (linear probing before fine-tuning, Kumar et al.
+    2022, arXiv:2202.10054). Returns the steps, seconds and per-step losses.
+    """
+    own = head_parameters(model)
+    if not own:
+        raise ValueError("The masked-LM model has no head parameters of its own to warm up.")
+    flags = {parameter: parameter.requires_grad for parameter in model.parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in own:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(own, lr=learning_rate, weight_decay=0.0)
+    device, losses, started = next(model.parameters()).device, [], time.perf_counter()
+    model.train()
+    try:
+        for batch in itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), steps):
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(round(loss.item(), 5))
+    finally:
+        for parameter, flag in flags.items():
+            parameter.requires_grad_(flag)
+    return {"steps": steps, "seconds": round(time.perf_counter() - started, 2), "losses": losses}
+
+
 @torch.no_grad()
 def evaluate_mlm(model, eval_sets: dict[int, list[dict]]) -> dict[str, dict]:
     """Masked-token loss and accuracy at each length (same masks for every encoding); `model` is a
@@ -211,6 +251,10 @@ def train_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.T
     loader, eval_sets = mlm_dataloaders(run, tokenizer)
     loader = augment_loader(loader, model, dataclasses.replace(run, seed=seed))
     results = {"before": evaluate_mlm(model, eval_sets)} if eval_sets else {}
+    if run.mlm_head_warmup_steps:
+        results["head_warmup"] = warm_up_head(model, loader, run.mlm_head_warmup_steps, run.mlm_head_learning_rate)
+        if eval_sets:
+            results["head_warmup"]["after"] = evaluate_mlm(model, eval_sets)
     overrides = {
         "learning_rate": run.mlm_learning_rate,
         "max_steps": run.mlm_steps,
@@ -295,6 +339,8 @@ def adapt(
     batch_size: int = 16,
     mlm_probability: float = 0.15,
     seed: int = 0,
+    head_warmup_steps: int = 0,
+    head_learning_rate: float = 1e-3,
     output_dir: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Teach a (patched) encoder positions up to `target_length` by masked-LM training on short windows.
@@ -317,6 +363,9 @@ def adapt(
         batch_size: chunks per step.
         mlm_probability: fraction of the tokens masked.
         seed: seed of the head's initialization, the data order, the masks and the augmentation.
+        head_warmup_steps: steps that first train only the MLM head's own parameters, the encoder frozen (see
+            `warm_up_head`; for a model whose head is new, such as all-MiniLM-L6-v2); 0: none.
+        head_learning_rate: the warm-up's learning rate (AdamW, constant).
         output_dir: when given, the adapted model and the tokenizer are saved there (atomically: a complete folder
             or none), loadable with `hf_posenc.from_pretrained` or transformers' Auto classes after
             `import hf_posenc`.
@@ -326,8 +375,8 @@ def adapt(
 
     Raises:
         ValueError: an unknown `augmentation`, `steps < 1`, `target_length < train_length`, a learned table shorter
-            than `target_length`, texts too short for one chunk, or a non-empty `output_dir`; all before any
-            training.
+            than `target_length`, a negative `head_warmup_steps` or a `head_learning_rate` that is not positive,
+            texts too short for one chunk, or a non-empty `output_dir`; all before any training.
 
     Example:
         ```python
@@ -340,6 +389,10 @@ def adapt(
     from accelerate.utils import set_seed
 
     _check_adapt(model, augmentation, steps, train_length, target_length)
+    if isinstance(head_warmup_steps, bool) or not isinstance(head_warmup_steps, int) or head_warmup_steps < 0:
+        raise ValueError(f"head_warmup_steps must be an int >= 0, got {head_warmup_steps!r}.")
+    if not head_learning_rate > 0:
+        raise ValueError(f"head_learning_rate must be positive, got {head_learning_rate!r}.")
     if output_dir is not None and Path(output_dir).exists() and any(Path(output_dir).iterdir()):
         raise ValueError(f"output_dir {str(output_dir)!r} exists and is not empty; choose a new folder.")
     chunks = chunk_running_text(texts, tokenizer, train_length)
@@ -356,6 +409,8 @@ def adapt(
         )
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(chunks, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    if head_warmup_steps:
+        warm_up_head(wrapped, loader, head_warmup_steps, head_learning_rate)
     optimizer, scheduler = make_optimizer(wrapped, learning_rate, 0.01, steps, 0.1)
     wrapped.train()
     batches = itertools.chain.from_iterable(itertools.repeat(loader))

@@ -275,6 +275,13 @@ class RunConfig(TrainingSettings):
     mlm_batch_size: int = _option(16, "masked-LM batch size")
     mlm_learning_rate: float = _option(1e-4, "masked-LM learning rate")
     mlm_probability: float = _option(0.15, "fraction of the tokens masked")
+    mlm_head_warmup_steps: int = _option(
+        0,
+        "masked-LM steps that train only the MLM head's own parameters (encoder and tied word embeddings frozen) "
+        "before the adaptation, so that a newly initialized head's first gradients do not scramble the encoder "
+        "(0: none)",
+    )
+    mlm_head_learning_rate: float = _option(1e-3, "learning rate of the head warm-up (AdamW, constant)")
     mlm_eval_lengths: list[int] = _option([], "lengths at which masked-LM loss and accuracy are measured")
     mlm_max_eval_chunks: int = _option(32, "held-out chunks per masked-LM evaluation length")
     mlm_seed: int | None = _option(
@@ -295,8 +302,12 @@ class RunConfig(TrainingSettings):
         "mlm_batch_size",
         "mlm_max_eval_chunks",
     )
-    non_negative_ints = TrainingSettings.non_negative_ints + ("mlm_steps",)
-    positive_floats = TrainingSettings.positive_floats + ("head_learning_rate", "mlm_learning_rate")
+    non_negative_ints = TrainingSettings.non_negative_ints + ("mlm_steps", "mlm_head_warmup_steps")
+    positive_floats = TrainingSettings.positive_floats + (
+        "head_learning_rate",
+        "mlm_learning_rate",
+        "mlm_head_learning_rate",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -322,6 +333,7 @@ class RunConfig(TrainingSettings):
         name = self.encoding + (f"@{self.max_length}" if self.max_length else "")
         name += "".join(f" {k}={v}" for k, v in sorted(self.encoding_options.items()))
         name += (" +abs" if self.keep_absolute else "") + (f" +mlm{self.mlm_steps}" if self.mlm_steps else "")
+        name += f" +head{self.mlm_head_warmup_steps}" if self.mlm_steps and self.mlm_head_warmup_steps else ""
         if self.position_augmentation != "none":
             name += f" +{self.position_augmentation}@{self.augmentation_target or max(self.eval_lengths)}"
         if self.train_windows != "first":
