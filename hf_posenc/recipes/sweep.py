@@ -11,7 +11,6 @@ documents and on the long ones alone (`long_documents`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import torch
 from ..hub.files import atomic_path, atomic_write, read_json
 from ..hub.publish import push_to_hub, save_for_hub
 from . import stats
+from .adaptation import file_digest
 from .classification import (
     classification_dataloaders,
     classification_scores,
@@ -720,7 +720,7 @@ def checkpoint_listing(folder: Path, variant: str) -> str:
     weights still shows the whole layout, and a retrained copy can be checked against it."""
     rows = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_digest(path)
         rows.append(f"| `{path.relative_to(folder).as_posix()}` | {path.stat().st_size:,} | `{digest}` |")
     return "\n".join(
         [
