@@ -11,13 +11,15 @@ Terms that SDPA cannot take as they are (a bias that needs gradients or depends 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .blockwise import blockwise_attention, merge_bias_mask
-from .encodings import AttentionOptions, AttentionTerms, PositionContext, Positions
+from .encodings import AttentionTerms, PositionContext, Positions
 
 BACKEND = "posenc"
 ATTACHED_ATTRIBUTE = "_posenc"
@@ -64,7 +66,7 @@ def posenc_attention_forward(
     positions = _positions(query, key, context.position_ids if context.routed else given, context)
     terms = AttentionTerms(query, key) if encoding is None else encoding.attend(query, key, positions, context)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    scaling = _scaling(context.options, query, key, scaling)
+    scaling = _scaling(context, query, key, attention_mask, scaling)
     if context.options.window is not None and context.options.window // 2 < key.shape[2] - 1:
         attention_mask = _local_mask(context, attention_mask, query.shape[2], key.shape[2], causal, query.device)
         causal = False  # folded into the local mask
@@ -78,17 +80,41 @@ def posenc_attention_forward(
     if terms.bias is not None:
         attention_mask = _merged_mask(terms, attention_mask, causal, context)
         causal = False
+    if isinstance(scaling, torch.Tensor):  # one factor per input: on the query, as SDPA takes one float
+        terms, scaling = replace(terms, query=(terms.query * scaling).to(terms.query.dtype)), 1.0
     return sdpa_attention_forward(
         module, terms.query, terms.key, value, attention_mask, dropout, scaling, causal, **kwargs
     )
 
 
-def _scaling(options: AttentionOptions, query: torch.Tensor, key: torch.Tensor, scaling: float | None):
-    """The model's scaling, sharpened for keys past the reference length (exactly unchanged otherwise)."""
-    factor = options.scale_factor(key.shape[2])
-    if factor == 1.0:
+def _scaling(context: PositionContext, query: torch.Tensor, key: torch.Tensor, attention_mask, scaling: float | None):
+    """The model's scaling, sharpened by log attention scaling past the reference length (exactly unchanged up to it).
+
+    Each input takes the factor of its own length, padding not counted: one float when the call has no padding mask
+    (every input has all `K` keys), else a (B, 1, 1, 1) tensor of per-input scalings.
+    """
+    options = context.options
+    if options.scale is None or key.shape[2] <= options.scale_length:
         return scaling
-    return (query.shape[-1] ** -0.5 if scaling is None else scaling) * factor
+    base = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if attention_mask is None:
+        return base * options.scale_factor(key.shape[2])
+
+    def compute() -> torch.Tensor:
+        return base * options.scale_factors(key_counts(attention_mask)).view(-1, 1, 1, 1)
+
+    return context.memo(("log scale", id(attention_mask), key.shape[2], base), compute)
+
+
+def key_counts(attention_mask: torch.Tensor) -> torch.Tensor:
+    """How many keys each input of a (B | 1, 1 | H, Q, K) boolean or additive mask attends to, (B | 1,).
+
+    Counted on the last query row: a padding mask gives every query row the same keys, and under a causal mask the
+    last query sees every key that is not padding.
+    """
+    last = attention_mask[:, 0, -1, :]
+    allowed = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min / 2
+    return allowed.sum(-1)
 
 
 def _local_mask(context: PositionContext, attention_mask, q_len: int, k_len: int, causal: bool, device):

@@ -89,7 +89,7 @@ class _Call:
     terms: RowTerms
     mask: torch.Tensor | None
     causal: bool
-    scale: float
+    scale: float | torch.Tensor  # one float, or a (B, 1, 1, 1) fp32 tensor: one scale per input
     dropout: float
     shape: tuple[int, int, int, int]  # batch, heads, q_len, k_len
     on_gpu: bool = False
@@ -117,10 +117,12 @@ def blockwise_attention(
     terms: RowTerms,
     attention_mask: torch.Tensor | None,
     causal: bool,
-    scale: float,
+    scale: float | torch.Tensor,
     dropout: float = 0.0,
 ) -> torch.Tensor:
     """Attention with `terms`; (B, H, Q, D) in, (B, H, Q, D) out (not transposed).
+
+    `scale` multiplies `q.k` (not the terms' bias): one float, or a (B, 1, 1, 1) tensor with one scale per input.
 
     Differentiable in `query`, `key`, `value` and `terms.inputs`. With dropout in a differentiated call, the terms
     are materialized for all rows and autograd keeps them (recomputation would need the dropout mask replayed).
@@ -209,7 +211,9 @@ def _bias_rows(call: _Call, rows: slice, query_rows, state: tuple, use_forward_b
     return terms.bias(rows, query_rows, *state) if terms.bias is not None else None
 
 
-def _sdpa(query, key, value, mask, dropout: float, scale: float) -> torch.Tensor:
+def _sdpa(query, key, value, mask, dropout: float, scale: float | torch.Tensor) -> torch.Tensor:
+    if isinstance(scale, torch.Tensor):  # per-input scales: on the query, as SDPA takes one float
+        query, scale = (query * scale).to(query.dtype), 1.0
     return torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale
     )
@@ -240,12 +244,14 @@ def merge_bias_mask(bias: torch.Tensor | None, mask: torch.Tensor | None, dtype:
     return bias + mask.to(dtype)
 
 
-def _scores(query_rows, key, additive, scale: float) -> torch.Tensor:
+def _scores(query_rows, key, additive, scale: float | torch.Tensor) -> torch.Tensor:
     """One block's scaled scores in fp32 whatever the input dtype, plus an additive (float) or boolean mask.
 
     A float bias goes in as `baddbmm`'s input: one pass over the (B, H, r, K) scores instead of three.
     """
     batch, heads, rows, dim = query_rows.shape
+    if isinstance(scale, torch.Tensor):  # per-input scales: folded into the query
+        query_rows, scale = query_rows.float() * scale, 1.0
     queries, keys = _flat(query_rows.float()), _flat(key.float()).transpose(1, 2)
     if additive is None or additive.dtype == torch.bool:
         scores = torch.bmm(queries * scale, keys).view(batch, heads, rows, -1)
@@ -267,7 +273,7 @@ def _masked(scores: torch.Tensor, additive: torch.Tensor) -> torch.Tensor:
     return scores + additive.float()
 
 
-def _probabilities(query_rows, key, bias, mask, scale: float) -> torch.Tensor:
+def _probabilities(query_rows, key, bias, mask, scale: float | torch.Tensor) -> torch.Tensor:
     """Softmax of one block's scores with its bias and mask, in fp32."""
     scores = _scores(query_rows, key, bias, scale)
     return torch.softmax(scores if mask is None else _masked(scores, mask), dim=-1)
@@ -334,9 +340,11 @@ class _Gradients:
         grad_scores = probs.mul_(shifted)
         self.grad_query[..., rows, :] += torch.matmul(grad_scores, self.key) * call.scale
         query_float = query_rows.detach().float()
-        self.grad_key += (
-            _sum_to(torch.matmul(grad_scores.transpose(-1, -2), query_float), self.grad_key.shape) * call.scale
-        )
+        grad_key = torch.matmul(grad_scores.transpose(-1, -2), query_float)
+        if isinstance(call.scale, torch.Tensor):  # per-input scales: before summing over a broadcast batch
+            self.grad_key += _sum_to(grad_key * call.scale, self.grad_key.shape)
+        else:
+            self.grad_key += _sum_to(grad_key, self.grad_key.shape) * call.scale
         if bias is not None:
             self._bias_grads(rows, bias, query_rows, grad_scores)
 

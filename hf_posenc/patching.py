@@ -396,9 +396,9 @@ def patch_model(
         tokenizer: with `max_length`, the model's tokenizer, whose `model_max_length` is set to it.
         attention_scale: None, or "log": for `L` keys past `attention_scale_length`, scores are sharpened by
             `log(L) / log(attention_scale_length)` (YaRN's attention temperature, arXiv:2309.00071; LongEmbed
-            appendix B). Exactly nothing changes at or below the reference. `L` counts padding: in a padded batch
-            every input takes the longest input's factor. Any encoding (`learned` too: the model then runs in the
-            posenc backend).
+            appendix B). Exactly nothing changes at or below the reference. `L` is each input's own length (padding
+            not counted), so an input's output does not depend on its batch. Any encoding (`learned` too: the model
+            then runs in the posenc backend).
         attention_scale_length: the reference (trained) length; defaults to the original table's size.
         attention_window: local attention (Longformer, Beltagy et al. 2020): token `i` attends to token `j` only when
             `|i - j| <= attention_window // 2`, or when either is global; at most the input limit.

@@ -20,7 +20,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 import hf_posenc
 from hf_posenc import bench, blockwise
 from hf_posenc.attention import BACKEND, posenc_attention_forward, register_backend
-from hf_posenc.encodings import PositionContext, Positions, StackDims, build_encoding, rotate
+from hf_posenc.encodings import AttentionOptions, PositionContext, Positions, StackDims, build_encoding, rotate
 
 HEADS, HEAD_DIM = 4, 8
 RELATIVE = ["relative_key", "relative_key_query", "nezha", "t5", "alibi", "rope"]
@@ -51,10 +51,11 @@ def relative_vectors(name, encoding, rel):
     return encoding.distance_embedding.weight.float()[rel.clamp(-k, k) + k]  # fp32 first: gradients sum in fp32
 
 
-def reference(name, encoding, q, k, v, mask=None, causal=False, positions=None):
+def reference(name, encoding, q, k, v, mask=None, causal=False, positions=None, factors=None):
     """Eager attention with the encoding's formula written out; (B, H, Q, D) in, (B, Q, H, D) out.
 
-    Positions: keys 0..K-1 and queries the last Q of them, or `positions` = (query positions, key positions)."""
+    Positions: keys 0..K-1 and queries the last Q of them, or `positions` = (query positions, key positions).
+    `factors` (B,): log attention scaling, one factor per input on `q.k` alone (not on the relative terms)."""
     q, k, v = q.float(), k.float(), v.float()
     q_len, k_len = q.shape[2], k.shape[2]
     kpos = torch.arange(k_len)
@@ -62,7 +63,8 @@ def reference(name, encoding, q, k, v, mask=None, causal=False, positions=None):
     if positions is not None:
         qpos, kpos = positions
     rel = qpos[:, None] - kpos[None, :]  # i - j
-    scores = q @ k.transpose(-1, -2)
+    factor = 1.0 if factors is None else factors.view(-1, 1, 1, 1)
+    scores = q @ k.transpose(-1, -2) * factor
     if name in ("relative_key", "relative_key_query", "nezha"):
         r = relative_vectors(name, encoding, rel)
         scores = scores + torch.einsum("bhqd,qkd->bhqk", q, r)
@@ -70,7 +72,7 @@ def reference(name, encoding, q, k, v, mask=None, causal=False, positions=None):
             scores = scores + torch.einsum("bhkd,qkd->bhqk", k, r)
     if name == "rope":
         (qc, qs), (kc, ks) = encoding.cos_sin(qpos, torch.float32), encoding.cos_sin(kpos, torch.float32)
-        scores = rotate(q, qc, qs) @ rotate(k, kc, ks).transpose(-1, -2)
+        scores = rotate(q, qc, qs) @ rotate(k, kc, ks).transpose(-1, -2) * factor
     scores = scores / HEAD_DIM**0.5
     if name == "alibi":
         scores = scores - encoding.slopes.view(1, -1, 1, 1) * rel.abs()
@@ -91,15 +93,15 @@ def reference(name, encoding, q, k, v, mask=None, causal=False, positions=None):
 class FakeAttention(torch.nn.Module):
     """What the backend reads from an attention module: the encoding, a per-forward memo and the causal flag."""
 
-    def __init__(self, encoding, causal):
+    def __init__(self, encoding, causal, options=None):
         super().__init__()
         self.is_causal = causal
-        self.__dict__["_posenc"] = (encoding, PositionContext(causal))
+        self.__dict__["_posenc"] = (encoding, PositionContext(causal, options or AttentionOptions()))
 
 
-def optimized(encoding, q, k, v, mask=None, causal=False, position_ids=None):
+def optimized(encoding, q, k, v, mask=None, causal=False, position_ids=None, options=None):
     kwargs = {} if position_ids is None else {"position_ids": position_ids}
-    module = FakeAttention(encoding, causal)
+    module = FakeAttention(encoding, causal, options)
     out, _ = posenc_attention_forward(module, q, k, v, mask, scaling=HEAD_DIM**-0.5, **kwargs)
     return out
 
@@ -155,6 +157,25 @@ def test_padding_mask(name):
     mask = torch.ones(2, 1, 70, 70, dtype=torch.bool)
     mask[1, ..., 50:] = False  # the second sequence is padded after 50 tokens
     assert_matches(name, encoding, q, k, v, FP32, mask=mask)
+
+
+@pytest.mark.parametrize("name", RELATIVE)
+def test_log_scaling_takes_each_inputs_own_length(name):
+    """Log attention scaling in a padded batch: each input's `q.k` sharpened by log(its length) / log(16), its
+    relative terms not; values and gradients, on the fused path (t5, alibi, rope) and the blockwise one."""
+    encoding, q, k, v = make_case(name, 70, torch.float32)
+    mask = torch.ones(2, 1, 70, 70, dtype=torch.bool)
+    mask[1, ..., 50:] = False
+    options = AttentionOptions("log", 16)
+    factors = torch.tensor([70.0, 50.0]).log() / torch.tensor(16.0).log()
+    got = values_and_grads(lambda: optimized(encoding, q, k, v, mask, options=options), encoding, q, k, v)
+    want = values_and_grads(lambda: reference(name, encoding, q, k, v, mask, factors=factors), encoding, q, k, v)
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]]):
+        torch.testing.assert_close(a, b, **FP32)
+    longest = values_and_grads(  # not the factor of the longest input for both (the old behaviour)
+        lambda: reference(name, encoding, q, k, v, mask, factors=factors[:1].expand(2)), encoding, q, k, v
+    )
+    assert float((got[0][1, :50] - longest[0][1, :50]).detach().abs().max()) > 1e-3
 
 
 @pytest.mark.parametrize("q_len", [1, 9, 40])

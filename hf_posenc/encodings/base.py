@@ -99,8 +99,8 @@ class AttentionOptions:
         scale: None, or "log": for a key length `K` above `scale_length` the scores `q.k` are sharpened by
             `log(K) / log(scale_length)` (the attention temperature of YaRN, Peng et al. 2023, arXiv:2309.00071;
             LongEmbed appendix B, Zhu et al. 2024, arXiv:2404.12096; Chiang & Cholak 2022, arXiv:2202.12172).
-            At or below `scale_length` nothing changes. `K` is the call's key length, padding included: in a
-            padded batch every input takes the factor of the longest one.
+            At or below `scale_length` nothing changes. `K` is each input's own length (padding not counted), so
+            an input's output does not depend on what it is batched with.
         scale_length: the reference length (the trained length).
         window: None (full attention), or local attention: token `i` attends to token `j` when `|i - j| <= window // 2`
             (token indices, not position ids; Longformer, Beltagy et al. 2020, arXiv:2004.05150).
@@ -124,6 +124,13 @@ class AttentionOptions:
         if self.scale is None or key_length <= self.scale_length:
             return 1.0
         return math.log(key_length) / math.log(self.scale_length)
+
+    def scale_factors(self, key_counts: torch.Tensor) -> torch.Tensor:
+        """The factors on `q.k` (float32) for a tensor of per-input key counts; 1.0 up to the reference length."""
+        if self.scale is None:
+            return torch.ones(key_counts.shape, dtype=torch.float32, device=key_counts.device)
+        counts = key_counts.to(torch.float64).clamp(min=self.scale_length)
+        return (counts.log() / math.log(self.scale_length)).float()
 
     def global_index(self, index: torch.Tensor) -> torch.Tensor:
         """Which token indices (a long tensor) are global."""
