@@ -24,6 +24,7 @@ from hf_posenc.recipes.settings import RunConfig, SweepConfig
 from hf_posenc.recipes.sweep import (
     best_variant,
     document_subsets,
+    document_table,
     evaluation_documents,
     run_predictions,
     run_study,
@@ -142,6 +143,16 @@ def test_intervals_and_paired_differences_have_their_known_values(assets, tmp_pa
     assert "| copy | +0.000 [+0.00, +0.00] |" in table  # does not: unmarked
     assert "| test documents | n | median tokens |" in table
     assert (tmp_path / "sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_baseline_row_with_other_documents_is_refused_not_paired(assets, tmp_path):
+    summary = run_sweep(SweepConfig.from_dict(sweep_dict(assets, tmp_path / "sweep")), runner=FakeRunner())
+    cell = summary["baseline"]["TF-IDF+LR (train full)"]["64"]
+    table, _ = document_table(summary)
+    assert np.array_equal(table["TF-IDF+LR (train full)"][64][0], cell["predictions"])
+    cell["predictions"] = cell["predictions"][:-1]
+    with pytest.raises(ValueError, match="stored 19 predictions for 20 test documents"):
+        document_table(summary)
 
 
 def test_long_document_subset_is_reported_separately(assets, tmp_path):

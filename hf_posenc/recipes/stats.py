@@ -80,6 +80,10 @@ N_RESAMPLES = 10_000
 #: the same interval on every machine.
 _CHUNK_CELLS = 2_000_000
 
+#: A difference this close to zero is zero: differences of means of 0/1 values are multiples of
+#: 1 / (seeds * documents), and summing over seeds leaves rounding noise of about 1e-17 where the exact value is 0.
+ZERO_TOLERANCE = 1e-12
+
 #: Two values "agree exactly" within this tolerance (floating-point noise of JSON round trips and summation order).
 EXACT_TOLERANCE = 1e-9
 
@@ -142,8 +146,9 @@ class Difference:
 
     @property
     def excludes_zero(self) -> bool:
-        """Whether the interval excludes zero: the difference is distinguishable from noise at this level."""
-        return self.low > 0 or self.high < 0
+        """Whether the interval excludes zero (by more than rounding noise): the difference is distinguishable from
+        noise at this level."""
+        return self.low > ZERO_TOLERANCE or self.high < -ZERO_TOLERANCE
 
     @property
     def significant(self) -> bool:
@@ -515,11 +520,17 @@ def paired_difference(
         )
         distribution = variant_rep - baseline_rep
         low, high = _percentile_bounds(distribution, level)
-    # Differences of means of 0/1 values are multiples of 1 / (n_seeds * n_docs); exact zeros must count as zeros.
-    at_most = np.count_nonzero(distribution <= 1e-12)
-    at_least = np.count_nonzero(distribution >= -1e-12)
+    # Exact zeros must count as zeros, in the p-value as in the bounds and the estimate.
+    at_most = np.count_nonzero(distribution <= ZERO_TOLERANCE)
+    at_least = np.count_nonzero(distribution >= -ZERO_TOLERANCE)
     p_value = float(min(1.0, 2 * (1 + min(at_most, at_least)) / (1 + n_resamples)))
+    estimate, low, high = (_snap_zero(value) for value in (estimate, low, high))
     return Difference(estimate, low, high, p_value, level, paired_seeds=order is not None)
+
+
+def _snap_zero(value: float) -> float:
+    """0.0 for a value within rounding noise of zero (no "-0.000" estimate, no bound a hair off zero)."""
+    return 0.0 if abs(value) <= ZERO_TOLERANCE else float(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -764,7 +775,7 @@ def compare_tables(
             if abs(new.value - old.value) <= tolerance:
                 results.append(CellComparison(variant, length, new.value, old.value, "exact", old.interval))
                 continue
-            if new.data is not None and old.data is not None:
+            if _same_documents(new.data, old.data):
                 difference = paired_difference(
                     new.data, old.data, variant_seeds=new.seeds, baseline_seeds=old.seeds, **options
                 )
@@ -783,6 +794,18 @@ def compare_tables(
     for variant, by_length in fresh.items():
         only_fresh.extend((variant, length) for length in by_length if length not in reference.get(variant, {}))
     return TableComparison(results, only_fresh, only_reference)
+
+
+def _same_documents(fresh: Any, reference: Any) -> bool:
+    """Whether two cells' per-document data can be paired: both present, the same number of documents, and (for
+    predictions with labels) the same labels in the same order. Otherwise the comparison takes the interval path: a
+    different split or test set must not be paired by position."""
+    if fresh is None or reference is None:
+        return False
+    if isinstance(fresh, tuple) and isinstance(reference, tuple):
+        return np.array_equal(np.asarray(fresh[1]), np.asarray(reference[1]))
+    fresh_docs = np.asarray(fresh[0] if isinstance(fresh, tuple) else fresh).shape[-1]
+    return fresh_docs == np.asarray(reference[0] if isinstance(reference, tuple) else reference).shape[-1]
 
 
 def score_interval(mean: float, n: int, level: float = 0.95) -> tuple[float, float]:

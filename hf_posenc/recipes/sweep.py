@@ -212,11 +212,21 @@ def document_table(summary: dict, keep: list[int] | None = None) -> tuple[dict, 
         cells = {
             int(length): (np.asarray(cell["predictions"])[index], labels[index])
             for length, cell in per_length.items()
-            if length.isdigit() and "predictions" in cell
+            if length.isdigit() and "predictions" in cell and _same_size(name, cell["predictions"], labels)
         }
         if cells:
             table[name] = cells
     return table, seeds
+
+
+def _same_size(row: str, predictions: list, labels: np.ndarray) -> bool:
+    """A baseline row's predictions must cover the sweep's test documents one to one (they are paired by position)."""
+    if len(predictions) != labels.size:
+        raise ValueError(
+            f"The baseline row {row!r} stored {len(predictions)} predictions for {labels.size} test documents: its "
+            "predictions cannot be paired with the other rows."
+        )
+    return True
 
 
 def _length_key(length: str) -> tuple[int, str]:
@@ -561,8 +571,9 @@ def sweep_markdown(summary: dict, lengths: list[int], metric: str) -> str:
     for subset, entry in (summary.get("analysis") or {}).items():
         text.append(
             f"## 95% intervals: {subset} ({entry['n_docs']} test documents)\n\nPercentile bootstrap over test "
-            "documents (and over seeds where there are several); differences are paired (same documents, same "
-            "seeds) against the baseline row.\n"
+            "documents (and over seeds where there are several); differences to the baseline row are paired over "
+            "documents always, and over seeds where both rows ran the same seeds (TF-IDF rows have none: their "
+            "seeds are resampled independently).\n"
         )
         for name in (metric, *[m for m in INTERVAL_METRICS if m != metric]):
             if name not in entry["intervals"]:
