@@ -31,6 +31,11 @@ from .architectures import architecture_for
 METHODS = ("pose", "randomized")
 """The position augmentation methods `sample_position_ids` knows."""
 
+TEST_TIME_METHODS = ("randomized",)
+"""The methods whose published form draws positions at test time too. Randomized positional encodings sample an
+ordered subset of `[0, L)` at every forward pass, in training and evaluation alike (Ruoss et al. 2023, Section 3); PoSE
+fine-tunes with skipped positions and then reads the full input with its plain positions (Zhu et al. 2023)."""
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -204,16 +209,34 @@ class PositionAugmentation:
         if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
             raise ValueError("PositionAugmentation needs a (batch, length) `input_ids` or `attention_mask` tensor.")
         batch_size, length = reference.shape
-        ids = sample_position_ids(
+        generator = self._generator(batch)
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.shape == reference.shape and not bool(mask.all()):
+            ids = self._per_row(mask.detach().cpu().bool(), generator)
+        else:
+            ids = self._sample(batch_size, length, generator)
+        batch["position_ids"] = (ids + self.offset).to(reference.device)
+        return batch
+
+    def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+        return sample_position_ids(
             batch_size,
             length,
             target_length=self.target_length,
             method=self.method,
-            generator=self._generator(batch),
+            generator=generator,
             num_chunks=self.num_chunks,
         )
-        batch["position_ids"] = (ids + self.offset).to(reference.device)
-        return batch
+
+    def _per_row(self, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A padded batch: each row's real tokens get the ids of an input of their own length (a shorter input is
+        spread over the whole target range too, not over the first ids of a longer draw); padding gets id 0."""
+        ids = torch.zeros(mask.shape, dtype=torch.long)
+        for row, real in enumerate(mask):
+            count = int(real.sum())
+            if count:
+                ids[row, real] = self._sample(1, count, generator)[0]
+        return ids
 
     def __repr__(self) -> str:
         return (

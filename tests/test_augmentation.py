@@ -128,6 +128,35 @@ def test_collator_wraps_another_collator():
     assert batch["position_ids"].shape == (2, 5) and int(batch["position_ids"].max()) < 64
 
 
+def _padded(lengths: list[int], width: int) -> list[dict]:
+    return [
+        {"input_ids": list(range(1, n + 1)) + [0] * (width - n), "attention_mask": [1] * n + [0] * (width - n)}
+        for n in lengths
+    ]
+
+
+@pytest.mark.parametrize("method", ["pose", "randomized"])
+def test_a_padded_row_gets_the_ids_of_an_input_of_its_own_length(method):
+    """Each row's real tokens get increasing ids over the whole target range, drawn for their own count (a 4-token
+    row's last id averages about 4/5 of the target, not the 4 smallest of a 32-token draw's, about 8); padding gets
+    id 0. Unpadded batches draw as before (one draw for the batch)."""
+    collate = PositionAugmentation(64, method=method, seed=1)
+    last_ids = []
+    for draw in range(200):
+        features = _padded([4, 32], 32)
+        features[0]["input_ids"][0] = draw + 100  # another batch each time: other ids
+        ids = collate(features)["position_ids"]
+        assert ids.shape == (2, 32) and torch.equal(ids[0, 4:], torch.zeros(28, dtype=torch.long))
+        assert bool((ids[:, :4].diff(dim=-1) > 0).all()) and bool((ids[1].diff() > 0).all()) and int(ids.max()) < 64
+        last_ids.append(int(ids[0, 3]))
+    assert sum(last_ids) / len(last_ids) > 30
+    full = _features(3, 12)
+    batch = collate(full)
+    generator = collate._generator({k: v for k, v in batch.items() if k != "position_ids"})
+    expected = sample_position_ids(3, 12, target_length=64, method=method, generator=generator)
+    assert torch.equal(batch["position_ids"], expected)
+
+
 def test_dataloader_workers_draw_what_one_process_draws():
     data = _features(8, 12)
     collate = PositionAugmentation(4096)

@@ -184,18 +184,22 @@ def private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.mark.parametrize("method", ["pose", "randomized"])
 def test_position_augmentation_reaches_the_model_and_is_recorded(assets, tmp_path, monkeypatch, method):
-    seen = []
+    seen, evaluated = [], []
     original = MeanPoolingClassifier.forward
 
     def spy(self, input_ids, attention_mask, labels=None, **inputs):
-        if self.training:
-            seen.append(inputs.get("position_ids"))
+        (seen if self.training else evaluated).append(inputs.get("position_ids"))
         return original(self, input_ids, attention_mask, labels, **inputs)
 
     monkeypatch.setattr(MeanPoolingClassifier, "forward", spy)
     run = tiny_run(assets, tmp_path, position_augmentation=method)
     run_classification(run)
     assert len(seen) == 4 and all(ids is not None for ids in seen)
+    # Randomized positions are drawn at test time too (Ruoss et al.); PoSE evaluates with plain positions.
+    assert evaluated and all((ids is not None) == (method == "randomized") for ids in evaluated)
+    if method == "randomized":  # drawn from [0, 64) whatever the evaluation length (16 or 64)
+        assert all(int(ids.max()) < 64 for ids in evaluated)
+        assert any(int(ids.max()) >= ids.shape[-1] for ids in evaluated if ids.shape[-1] <= 16)
     assert max(int(ids.max()) for ids in seen) < 64  # the target defaults to the largest evaluation length
     assert max(int(ids.max()) for ids in seen) >= 16  # and the ids go past the training length
     assert all(bool((ids.diff(dim=-1) > 0).all()) for ids in seen)
@@ -203,11 +207,35 @@ def test_position_augmentation_reaches_the_model_and_is_recorded(assets, tmp_pat
     assert stored["config"]["position_augmentation"] == method and f"+{method}@64" in stored["variant"]
 
 
+@pytest.mark.parametrize("pooling", ["embeddings", "logits"])
+def test_randomized_positions_reach_chunked_evaluation_too(assets, tmp_path, monkeypatch, pooling):
+    import hf_posenc.recipes.chunked as chunked
+
+    given = []
+    original = chunked.model_inputs
+    monkeypatch.setattr(
+        chunked, "model_inputs", lambda batch: given.append(batch.get("position_ids")) or original(batch)
+    )
+    run = tiny_run(
+        assets,
+        tmp_path,
+        position_augmentation="randomized",
+        eval_mode="chunked",
+        chunk_window=16,
+        chunk_pooling=pooling,
+    )
+    run_classification(run)
+    assert given and all(ids is not None and ids.shape[-1] <= 16 and int(ids.max()) < 64 for ids in given)
+    assert any(int(ids.max()) >= 16 for ids in given)  # spread over the target, not 0..15
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"position_augmentation": "shuffle"}, "position_augmentation must be one of"),
         ({"position_augmentation": "pose", "augmentation_target": 8}, "below the training length"),
+        ({"position_augmentation": "randomized", "augmentation_target": 32}, "below an evaluation length \\(64\\)"),
+        ({"position_augmentation": "pose", "augmentation_target": 32}, None),
         ({"augmentation_target": 64}, "position_augmentation is 'none'"),
         ({"position_augmentation": "pose", "encoding": "learned", "eval_lengths": [16]}, None),
         (

@@ -21,11 +21,13 @@ from .data import special_tokens
 __all__ = [
     "CHUNK_POOLINGS",
     "EVAL_MODES",
+    "MODEL_INPUTS",
     "ChunkingCollator",
     "check_chunking",
     "chunk_starts",
     "chunked_document_logits",
     "eval_modes",
+    "model_inputs",
 ]
 
 EVAL_MODES = ("single", "chunked", "both")
@@ -114,6 +116,15 @@ class ChunkingCollator:
         return batch
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+"""What an evaluation batch hands the model (position ids when the run draws them at test time)."""
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's inputs of an evaluation batch: `MODEL_INPUTS` that it has (not labels, indices or owners)."""
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+
+
 def chunked_document_logits(
     model: nn.Module, batch: dict[str, torch.Tensor], pooling: str, embedder: nn.Module | None = None
 ) -> torch.Tensor:
@@ -131,11 +142,11 @@ def chunked_document_logits(
     owner, mask = batch["chunk_owner"], batch["attention_mask"]
     documents = int(owner.max()) + 1
     if pooling == "logits":
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask).logits.float()
+        logits = model(**model_inputs(batch)).logits.float()
         sums = logits.new_zeros(documents, logits.shape[-1]).index_add_(0, owner, logits)
         counts = torch.bincount(owner, minlength=documents).to(sums.dtype)
         return sums / counts[:, None]
-    embedding = embedder.embed(batch["input_ids"], mask).float()
+    embedding = embedder.embed(**model_inputs(batch)).float()
     weights = mask.sum(1).to(embedding.dtype)
     sums = embedding.new_zeros(documents, embedding.shape[-1]).index_add_(0, owner, embedding * weights[:, None])
     totals = weights.new_zeros(documents).index_add_(0, owner, weights)

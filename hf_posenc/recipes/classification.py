@@ -18,9 +18,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..patching import patch_spec
-from .chunked import ChunkingCollator, check_chunking, chunked_document_logits, eval_modes
+from .chunked import ChunkingCollator, check_chunking, chunked_document_logits, eval_modes, model_inputs
 from .data import base_model_name, dataset_info, load_text_classification, resolve_checkpoint, special_tokens
-from .methods import RandomWindows, augment_loader, check_methods, select_trainable, trainable_summary
+from .methods import (
+    RandomWindows,
+    augment_evaluation,
+    augment_loader,
+    check_methods,
+    select_trainable,
+    trainable_summary,
+)
 from .mlm import adapt_mlm
 from .results import environment, git_revision, write_run_results
 from .settings import RunConfig
@@ -244,7 +251,7 @@ def evaluate_documents(
         bar = tqdm(loader, desc=label, disable=not (progress and accelerator.is_local_main_process))
         for batch in bar:
             if chunk_pooling is None:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = model(**model_inputs(batch)).logits
             else:
                 with accelerator.autocast():
                     logits = chunked_document_logits(model, batch, chunk_pooling, embedder)
@@ -396,6 +403,7 @@ def evaluate_modes(accelerator, model, loaders: dict[int, DataLoader], tokenizer
     by_mode, documents = {}, {}
     for mode in eval_modes(run.eval_mode):
         mode_loaders = loaders if mode == "single" else chunked_loaders(loaders, tokenizer, run)
+        mode_loaders = augment_evaluation(mode_loaders, accelerator.unwrap_model(model), run)
         prepared = accelerator.prepare(*mode_loaders.values())  # sharded per process; gather_for_metrics undoes it
         prepared = prepared if isinstance(prepared, tuple | list) else [prepared]
         pooling = None if mode == "single" else run.chunk_pooling

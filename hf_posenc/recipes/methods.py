@@ -4,6 +4,7 @@ and what trains (position parameters only, LoRA).
 * Position augmentation (`position_augmentation`, `augmentation_target`): the training collator is wrapped in the
   core's `hf_posenc.augmentation.PositionAugmentation`, so short windows carry position ids spread over the target
   length (PoSE, Zhu et al. 2023, arXiv:2309.10400; randomized positions, Ruoss et al. 2023, arXiv:2305.16843).
+  Randomized positions are drawn at test time too, as published (`augment_evaluation`); PoSE evaluates plainly.
 * Random training windows (`train_windows="random"`, `windows_per_document`): `RandomWindows` hands out a window of
   `train_length` tokens from anywhere in each document, drawn afresh every epoch from (seed, epoch, item), so a
   short fine-tune sees all of a long document's evidence while never reading more than `train_length` tokens at once.
@@ -23,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..architectures import architecture_for, get_submodule, set_submodule
-from ..augmentation import PositionAugmentation
+from ..augmentation import TEST_TIME_METHODS, PositionAugmentation
 from ..encodings import ENCODINGS, canonical_name
 from ..extension import set_max_length
 from .settings import RunConfig, TrainingSettings
@@ -35,6 +36,7 @@ __all__ = [
     "TRAIN_ONLY",
     "TRAIN_WINDOWS",
     "RandomWindows",
+    "augment_evaluation",
     "augment_loader",
     "augmentation_target",
     "check_methods",
@@ -93,6 +95,14 @@ def _check_augmentation(config, run: TrainingSettings, training_lengths: list[in
             )
         return
     target = augmentation_target(run)
+    if run.position_augmentation in TEST_TIME_METHODS and isinstance(run, RunConfig):
+        read = max(run.eval_lengths + ([run.chunk_window] if run.chunk_window else []))
+        if target < read:
+            raise ValueError(
+                f"augmentation_target ({target}) is below an evaluation length ({read}): "
+                f"{run.position_augmentation!r} positions are drawn at test time too, from [0, augmentation_target). "
+                f"Set --augmentation_target to at least {read}, or leave it unset (the largest evaluation length)."
+            )
     if target < max(training_lengths):
         raise ValueError(
             f"augmentation_target ({target}) is below the training length ({max(training_lengths)}): augmentation "
@@ -197,6 +207,29 @@ def augment_loader(loader: DataLoader, model: nn.Module, run: TrainingSettings) 
         collator=loader.collate_fn,
     )
     return loader
+
+
+def augment_evaluation(loaders: dict[int, DataLoader], model: nn.Module, run: TrainingSettings) -> dict:
+    """The evaluation loaders, with augmented position ids when the run's method draws them at test time too
+    (`hf_posenc.augmentation.TEST_TIME_METHODS`: randomized positions, Ruoss et al. 2023); otherwise `loaders` as they
+    are. New loaders over the same datasets and batches; the ids are seeded by `run.seed` and each batch, so an
+    evaluation is repeatable."""
+    if run.position_augmentation not in TEST_TIME_METHODS:
+        return loaders
+    return {
+        length: DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            collate_fn=PositionAugmentation.for_model(
+                model.base_model,
+                augmentation_target(run),
+                run.position_augmentation,
+                run.seed,
+                collator=loader.collate_fn,
+            ),
+        )
+        for length, loader in loaders.items()
+    }
 
 
 def cover_positions(model: nn.Module, target_length: int) -> None:
