@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -411,7 +412,7 @@ def test_accelerate_launch_two_cpu_processes_gathers_every_test_example_once(ass
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += [str(ROOT / "recipes" / "classification.py"), "--model", str(assets["bert"]), "--encoding", "alibi"]
     command += ["--dataset", str(assets["reviews"]), "--train_length", "16", "--eval_lengths", "16", "32"]
-    command += ["--max_steps", "2", "--batch_size", "4", "--eval_tokens_per_batch", "96"]
+    command += ["--epochs", "1", "--batch_size", "4", "--eval_tokens_per_batch", "96"]
     command += ["--output_dir", str(out), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -419,6 +420,12 @@ def test_accelerate_launch_two_cpu_processes_gathers_every_test_example_once(ass
     results = json.loads((out / "results.json").read_text())
     assert results["environment"]["num_processes"] == 2
     assert results["train"]["num_processes"] == 2
+    # One epoch is each process's half of the batches, and the schedule decays to zero at its last step, not halfway
+    # (Accelerate steps the scheduler once per process).
+    train = results["train"]
+    per_process = math.ceil(math.ceil(results["data"]["train_examples"] / 4) / 2)
+    assert train["total_steps"] == train["completed_steps"] == per_process == len(train["learning_rates"])
+    assert train["learning_rates"][-1] == 0.0 and min(train["learning_rates"][:-1]) > 0.0
     # 16 test reviews in batches of 3 per process: gather_for_metrics must drop the padding duplicates.
     assert all(m["n"] == results["data"]["test_examples"] == 16 for m in results["metrics"].values())
 

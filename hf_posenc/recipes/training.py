@@ -186,7 +186,7 @@ class LoopSettings:
     """The run's settings, saved with each checkpoint and compared with the saved ones on resume."""
 
 
-def steps_per_epoch(loader: DataLoader, accumulation: int) -> int:
+def steps_per_epoch(loader: DataLoader | range, accumulation: int) -> int:
     return math.ceil(len(loader) / accumulation)
 
 
@@ -236,6 +236,7 @@ def train_loop(accelerator, model, optimizer, scheduler, loader, settings: LoopS
                 continue
             state["completed_steps"] += 1
             state["losses"].append(sum(micro_losses) / len(micro_losses))
+            state.setdefault("learning_rates", []).append(scheduler.get_last_lr()[0])
             micro_losses = []
             progress.update(1)
             progress.set_postfix(loss=f"{state['losses'][-1]:.4f}")
@@ -415,6 +416,7 @@ def _loop_summary(state: dict, settings: LoopSettings, seconds: float) -> dict[s
         "stopped_early": state["completed_steps"] < settings.total_steps,
         "final_loss": sum(tail) / len(tail) if tail else None,
         "losses": [round(x, 5) for x in losses],
+        "learning_rates": [float(f"{x:.6g}") for x in state.get("learning_rates", [])],  # after each step
         "seconds_this_process": round(seconds, 2),
     }
 
@@ -422,18 +424,29 @@ def _loop_summary(state: dict, settings: LoopSettings, seconds: float) -> dict[s
 def fit(
     accelerator, model, loader, run: TrainingSettings, checkpoint_dir: Path, description: str, **overrides
 ) -> dict:
-    """Prepare model, optimizer, schedule and loader, then run `train_loop` with the run's settings."""
+    """Prepare model, optimizer, schedule and loader, then run `train_loop` with the run's settings.
+
+    The steps are counted per process (each of N processes reads 1/N of an epoch's batches, padded to equal counts),
+    and the schedule spans `total_steps * N` of its own steps: Accelerate steps a scheduler once per process at every
+    optimizer step (the convention of Accelerate's own examples). With one process nothing changes.
+    """
     lr = overrides.get("learning_rate", run.learning_rate)
-    per_epoch = steps_per_epoch(loader, run.gradient_accumulation_steps)
+    processes = accelerator.num_processes
+    per_epoch = steps_per_epoch(range(math.ceil(len(loader) / processes)), run.gradient_accumulation_steps)
     total = overrides.get("max_steps") or run.max_steps or run.epochs * per_epoch
     head_lr = overrides.get("head_learning_rate")
-    optimizer, scheduler = make_optimizer(model, lr, run.weight_decay, total, run.warmup_ratio, head_lr)
+    optimizer, scheduler = make_optimizer(model, lr, run.weight_decay, total * processes, run.warmup_ratio, head_lr)
     if run.report_to:
         accelerator.init_trackers(description, config={k: str(v) for k, v in run.to_dict().items()})
     prepared_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if steps_per_epoch(loader, run.gradient_accumulation_steps) != per_epoch:
+        raise RuntimeError(
+            f"Each of the {processes} processes reads {len(loader)} batches per epoch, not the "
+            f"{per_epoch * run.gradient_accumulation_steps} the schedule was made for."
+        )
     settings = LoopSettings(
         total_steps=total,
-        steps_per_epoch=steps_per_epoch(loader, run.gradient_accumulation_steps),
+        steps_per_epoch=per_epoch,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=overrides.get("checkpoint_every", run.checkpoint_every),
         resume_from=overrides.get("resume_from", run.resume_from),
