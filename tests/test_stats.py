@@ -24,6 +24,8 @@ from hf_posenc.recipes.stats import (
     markdown_difference_table,
     markdown_interval_table,
     paired_difference,
+    plot_differences,
+    plot_interval_panels,
     plot_intervals,
 )
 
@@ -407,6 +409,47 @@ def test_plot_intervals(tmp_path, bands):
     assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
     assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [128]
     assert "training length (128)" in [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def _rows(n_rows: int) -> dict:
+    return {
+        f"row {i}": {n: Interval(0.5 + i / 100, 0.45 + i / 100, 0.55 + i / 100) for n in (128, 512, 2048)}
+        for i in range(n_rows)
+    }
+
+
+@pytest.mark.parametrize(("n_rows", "panels"), [(3, 1), (8, 1), (9, 2), (15, 3), (30, 5)])
+def test_interval_panels_split_the_rows_and_repeat_the_references(tmp_path, n_rows, panels):
+    table = _rows(n_rows)
+    path = tmp_path / "panels.png"
+    figure = plot_interval_panels(table, path, references=["row 0", "row 1", "absent"], train_length=128)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    visible = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(visible) == panels and len(figure.axes) == (1 if panels == 1 else 2 * math.ceil(panels / 2))
+    shown = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in visible]
+    assert all(names[:2] == ["row 0", "row 1"] for names in shown)  # the references in every panel
+    others = [name for names in shown for name in names[2:] if name.startswith("row")]
+    assert others == [f"row {i}" for i in range(2, n_rows)]  # every other row once, in table order
+    assert all(len([n for n in names[2:] if n.startswith("row")]) <= 6 for names in shown)
+    assert len({ax.get_ylim() for ax in visible}) == 1  # one y-axis for all panels
+
+
+def test_difference_forest_marks_the_intervals_that_exclude_zero(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    table = {
+        "better": {128: Difference(0.1, 0.05, 0.15, 0.001), 2048: Difference(0.02, -0.01, 0.05, 0.2)},
+        "worse": {128: Difference(-0.1, -0.15, -0.05, 0.001), 2048: Difference(-0.2, -0.3, -0.1, 0.001)},
+    }
+    path = tmp_path / "forest.png"
+    figure = plot_differences(table, path, baseline="learned")
+    assert path.read_bytes()[:4] == b"\x89PNG" and len(figure.axes) == 2
+    assert [ax.get_title() for ax in figure.axes] == ["128 tokens", "2048 tokens"]
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["better", "worse"]
+    markers = [line for line in figure.axes[1].get_lines() if line.get_marker() == "o"]
+    filled = [to_rgba(line.get_markerfacecolor()) != to_rgba("white") for line in markers]
+    assert filled == [False, True]  # 2048: "better" includes zero (hollow), "worse" excludes it (filled)
+    assert [float(line.get_xdata()[0]) for line in markers] == [0.02, -0.2]
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 40), (1, 40), (20, 40), (39, 40), (40, 40), (3, 7), (150, 300)])

@@ -143,6 +143,7 @@ def test_intervals_and_paired_differences_have_their_known_values(assets, tmp_pa
     assert "| copy | +0.000 [+0.00, +0.00] |" in table  # does not: unmarked
     assert "| test documents | n | median tokens |" in table
     assert (tmp_path / "sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "sweep" / "results_differences.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_baseline_row_with_other_documents_is_refused_not_paired(assets, tmp_path):
@@ -171,6 +172,7 @@ def test_long_document_subset_is_reported_separately(assets, tmp_path):
         in (tmp_path / "sweep" / "results.md").read_text()
     )
     assert (tmp_path / "sweep" / "results_long.png").is_file()
+    assert (tmp_path / "sweep" / "results_long_differences.png").is_file()
 
 
 def test_document_subsets_select_documents_over_the_threshold():

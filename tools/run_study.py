@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     def rendered(done: list) -> None:
         for sweep in done if not args.no_commit else []:
             folder = Path(sweep.output_dir)
-            files = [folder / n for n in ("results.json", "results.md", "results.png", "results_long.png")]
+            names = ("results.json", "results.md", "results.png", "results_differences.png", "results_long.png")
+            files = [folder / n for n in (*names, "results_long_differences.png")]
             commit(files, f"{name}: tables of {folder.name} updated")
 
     run_study(sweeps, on_run_finished=finished, on_seed_finished=rendered)

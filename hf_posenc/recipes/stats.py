@@ -14,7 +14,8 @@ comparison throws away. This module works on the per-document results instead:
   bootstrap p-value.
 - `compare_tables`: a fresh study against a committed reference, cell by cell: agree exactly, agree within noise, or
   differ, with a one-paragraph Markdown summary.
-- `markdown_interval_table`, `markdown_difference_table`, `plot_intervals`: rendering.
+- `markdown_interval_table`, `markdown_difference_table`, `plot_intervals`, `plot_interval_panels` (small multiples
+  for many rows), `plot_differences` (a forest plot of paired differences): rendering.
 
 Per-document data of one cell is either an array of per-document values (0/1 correctness, or any per-document score)
 of shape `(n_docs,)` for one run or `(n_seeds, n_docs)` for several, or a `(predictions, labels)` tuple, predictions
@@ -40,7 +41,7 @@ test-set sampling as two sources of variance).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,8 @@ __all__ = [
     "markdown_difference_table",
     "markdown_interval_table",
     "paired_difference",
+    "plot_differences",
+    "plot_interval_panels",
     "plot_intervals",
 ]
 
@@ -977,4 +980,138 @@ def plot_intervals(
         figure.tight_layout()
         with atomic_path(path) as temporary:
             figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    return figure
+
+
+PANEL_ROWS = 6
+"""Rows per panel of `plot_interval_panels` besides its reference rows: few enough to tell the colours apart."""
+
+
+def plot_interval_panels(
+    table: Mapping[str, Mapping[int, Interval]],
+    path: str | Path | None = None,
+    *,
+    references: Sequence[str] = (),
+    per_panel: int = PANEL_ROWS,
+    train_length: int | None = None,
+    metric: str = "accuracy",
+    title: str | None = None,
+) -> Any:
+    """Score vs evaluation length as small multiples: the rows in table order, `per_panel` to a panel, every panel
+    with the `references` rows (e.g. the baseline and TF-IDF) in grey and black for comparison, one y-axis for all,
+    each panel's legend under it. A study of thirty rows stays readable, where one panel would repeat its colours.
+
+    Args:
+        table (`Mapping[str, Mapping[int, Interval]]`): `table[variant][length]`.
+        path (`str` or `Path`, *optional*): Where to save the figure (PNG, SVG... by suffix).
+        references (`Sequence[str]`, *optional*): Rows drawn in every panel (those missing from `table` are skipped).
+        per_panel (`int`, *optional*, defaults to 6): Other rows per panel.
+        train_length (`int`, *optional*): Drawn as a dashed vertical line.
+        metric (`str`, *optional*, defaults to `"accuracy"`): Y-axis label.
+        title (`str`, *optional*): Figure title.
+
+    Returns:
+        `matplotlib.figure.Figure`: The figure.
+    """
+    from matplotlib.figure import Figure
+
+    if per_panel < 1:
+        raise ValueError(f"per_panel must be >= 1, got {per_panel!r}.")
+    references = [row for row in references if row in table]
+    rows = [row for row in table if row not in references]
+    groups = [rows[start : start + per_panel] for start in range(0, len(rows), per_panel)] or [[]]
+    columns = 1 if len(groups) == 1 else 2
+    lines = -(-len(groups) // columns)
+    figure = Figure(figsize=(7 * columns, 4.6 * lines + 0.6), layout="constrained")
+    axes = list(figure.subplots(lines, columns, sharey=True, squeeze=False).flat)
+    for ax, group in zip(axes, groups):
+        for index, row in enumerate(references):
+            _draw_row(ax, row, table[row], color=("black", "dimgray", "darkgray")[index % 3], linestyle="--")
+        for index, row in enumerate(group):
+            _draw_row(ax, row, table[row], color=f"C{index % 10}")
+        _length_axis(ax, table, train_length, metric)
+        ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    for ax in axes[len(groups) :]:  # the grid's last panel when the groups are odd
+        ax.set_visible(False)
+    if title:
+        figure.suptitle(title)
+    if path is not None:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    return figure
+
+
+def _draw_row(ax: Any, row: str, by_length: Mapping[int, Interval], **style) -> None:
+    lengths = sorted(by_length)
+    estimate = np.array([by_length[n].estimate for n in lengths])
+    ax.plot(lengths, estimate, marker="o", markersize=4, label=row, **style)
+    low, high = (np.array([getattr(by_length[n], bound) for n in lengths]) for bound in ("low", "high"))
+    ax.fill_between(lengths, low, high, color=style.get("color"), alpha=0.12, linewidth=0)
+
+
+def _length_axis(ax: Any, table: Mapping[str, Mapping[int, Any]], train_length: int | None, metric: str) -> None:
+    if train_length is not None:
+        ax.axvline(train_length, color="gray", linestyle=":", linewidth=1, label=f"training length ({train_length})")
+    ax.set_xscale("log", base=2)
+    lengths = _lengths(table)
+    if lengths:
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([str(n) for n in lengths])
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel(f"{metric} (95% interval)")
+    ax.grid(True, alpha=0.3)
+
+
+def plot_differences(
+    table: Mapping[str, Mapping[int, Difference]],
+    path: str | Path | None = None,
+    *,
+    baseline: str,
+    metric: str = "accuracy",
+    title: str | None = None,
+) -> Any:
+    """A forest plot: each row's paired difference to `baseline` with its 95% interval, one panel per evaluation
+    length, rows top to bottom in table order; a filled marker where the interval excludes zero, hollow where not.
+
+    Args:
+        table (`Mapping[str, Mapping[int, Difference]]`): `table[variant][length]`, e.g. from `difference_table`.
+        path (`str` or `Path`, *optional*): Where to save the figure (PNG, SVG... by suffix).
+        baseline (`str`): Name of the baseline row (named in the axis labels).
+        metric (`str`, *optional*, defaults to `"accuracy"`): Metric name for the labels.
+        title (`str`, *optional*): Figure title.
+
+    Returns:
+        `matplotlib.figure.Figure`: The figure.
+    """
+    from matplotlib.figure import Figure
+
+    rows, lengths = list(table), _lengths(table)
+    figure = Figure(figsize=(3 * max(len(lengths), 1) + 3.5, 0.27 * len(rows) + 1.6), layout="constrained")
+    axes = figure.subplots(1, max(len(lengths), 1), sharey=True, squeeze=False)[0]
+    for ax, length in zip(axes, lengths):
+        for position, row in enumerate(rows):
+            difference = table[row].get(length)
+            if difference is None:
+                continue
+            color = ("tab:blue" if difference.estimate > 0 else "tab:red") if difference.excludes_zero else "gray"
+            ax.errorbar(
+                difference.estimate,
+                position,
+                xerr=[[difference.estimate - difference.low], [difference.high - difference.estimate]],
+                fmt="o",
+                color=color,
+                markerfacecolor=color if difference.excludes_zero else "white",
+                markersize=5,
+                capsize=2,
+            )
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title(f"{length} tokens", fontsize="medium")
+        ax.set_xlabel(f"{metric} difference")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(rows)), rows, fontsize="small")
+    axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the table's first row on top
+    figure.suptitle(title or f"{metric} minus {baseline}: paired 95% intervals (filled: the interval excludes zero)")
+    if path is not None:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     return figure

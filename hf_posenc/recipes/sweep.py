@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..hub.files import atomic_path, atomic_write, read_json
+from ..hub.files import atomic_write, read_json
 from ..hub.publish import push_to_hub, save_for_hub
 from . import stats
 from .adaptation import file_digest
@@ -498,8 +498,10 @@ def reuse_finished(run, resume: bool) -> dict | None:
 def render(summary: dict, folder: Path) -> None:
     """Write `results.json`, `results.md` and `results.png` of a sweep (also re-renders from a results.json).
 
-    With per-document predictions the plot shows each row's 95% interval (`stats.plot_intervals`) and a second plot,
-    `results_long.png`, the long-document subset; without, the mean and spread over seeds.
+    With per-document predictions `results.png` shows each row's 95% interval against length in panels of a few rows
+    with the baseline and TF-IDF rows in each (`stats.plot_interval_panels`), `results_differences.png` each row's
+    paired difference to the baseline (`stats.plot_differences`), and `results_long*.png` the same for the
+    long-document subset; without predictions, one plot of the mean and spread over seeds.
     """
     sweep = SweepConfig.from_dict(summary["sweep"])
     base = sweep.runs()[0]
@@ -508,16 +510,28 @@ def render(summary: dict, folder: Path) -> None:
     title = f"{_subject(summary['runs'][0])}: trained at {base.train_length} tokens, {len(sweep.seeds)} seed(s)"
     analysis = summary.get("analysis") or {}
     if analysis:
+        # Drawn in every panel: the baseline row and the first TF-IDF row (full texts).
+        references = [analysis[next(iter(analysis))].get("baseline_row"), *list(summary.get("baseline") or {})[:1]]
         for subset, entry in analysis.items():
-            name = "results.png" if subset == "all" else "results_long.png"
+            stem = "results" if subset == "all" else "results_long"
             intervals = _intervals(entry["intervals"][sweep.metric])
             suffix = "" if subset == "all" else f" ({subset}: {entry['n_docs']} documents)"
-            figure = stats.plot_intervals(
-                intervals, train_length=base.train_length, metric=sweep.metric, title=title + suffix
+            stats.plot_interval_panels(
+                intervals,
+                folder / f"{stem}.png",
+                references=[row for row in references if row],
+                train_length=base.train_length,
+                metric=sweep.metric,
+                title=title + suffix,
             )
-            figure.tight_layout()
-            with atomic_path(folder / name) as temporary:
-                figure.savefig(temporary, dpi=120, format="png")
+            if entry.get("baseline_row") and sweep.metric in entry["differences"]:
+                stats.plot_differences(
+                    _differences(entry["differences"][sweep.metric]),
+                    folder / f"{stem}_differences.png",
+                    baseline=entry["baseline_row"],
+                    metric=sweep.metric,
+                    title=f"{title}{suffix}: {sweep.metric} minus {entry['baseline_row']} (paired 95% intervals)",
+                )
         return
     plot(
         summary["summary"],
