@@ -1109,7 +1109,7 @@ def plot_differences(
         ax.set_xlabel(f"{metric} difference")
         ax.grid(True, axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(rows)), rows, fontsize="small")
-    axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the table's first row on top
+    axes[0].set_ylim(max(len(rows), 1) - 0.5, -0.5)  # the table's first row on top
     figure.suptitle(title or f"{metric} minus {baseline}: paired 95% intervals (filled: the interval excludes zero)")
     if path is not None:
         with atomic_path(path) as temporary:
