@@ -530,7 +530,7 @@ def render(summary: dict, folder: Path) -> None:
                     folder / f"{stem}_differences.png",
                     baseline=entry["baseline_row"],
                     metric=sweep.metric,
-                    title=f"{title}{suffix}: {sweep.metric} minus {entry['baseline_row']} (paired 95% intervals)",
+                    title=f"{title}{suffix}\n{sweep.metric} minus {entry['baseline_row']} (paired 95% intervals)",
                 )
         return
     plot(
