@@ -952,34 +952,21 @@ def plot_intervals(
     else:
         figure = ax.figure
     for variant, by_length in table.items():
-        lengths = sorted(by_length)
-        estimate = np.array([by_length[n].estimate for n in lengths])
-        low = np.array([by_length[n].low for n in lengths])
-        high = np.array([by_length[n].high for n in lengths])
         if bands:
-            (line,) = ax.plot(lengths, estimate, marker="o", label=variant)
-            ax.fill_between(lengths, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+            _draw_row(ax, variant, by_length)
         else:
+            lengths = sorted(by_length)
+            estimate, low, high = (np.array([getattr(by_length[n], k) for n in lengths]) for k in INTERVAL_FIELDS)
             ax.errorbar(
                 lengths, estimate, yerr=[estimate - low, high - estimate], marker="o", capsize=3, label=variant
             )
-    if train_length is not None:
-        ax.axvline(train_length, color="gray", linestyle="--", linewidth=1, label=f"training length ({train_length})")
-    ax.set_xscale("log", base=2)
-    lengths = _lengths(table)
-    if lengths:
-        ax.set_xticks(lengths)
-        ax.set_xticklabels([str(n) for n in lengths])
-    ax.set_xlabel("evaluation length (tokens)")
-    ax.set_ylabel(f"{metric} (95% interval)")
+    _length_axis(ax, table, train_length, metric)
     if title:
         ax.set_title(title)
-    ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     if path is not None:
         figure.tight_layout()
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+        _save(figure, path, dpi=120)
     return figure
 
 
@@ -1006,7 +993,7 @@ def plot_interval_panels(
         path (`str` or `Path`, *optional*): Where to save the figure (PNG, SVG... by suffix).
         references (`Sequence[str]`, *optional*): Rows drawn in every panel (those missing from `table` are skipped).
         per_panel (`int`, *optional*, defaults to 6): Other rows per panel.
-        train_length (`int`, *optional*): Drawn as a dashed vertical line.
+        train_length (`int`, *optional*): Drawn as a dotted vertical line.
         metric (`str`, *optional*, defaults to `"accuracy"`): Y-axis label.
         title (`str`, *optional*): Figure title.
 
@@ -1029,29 +1016,41 @@ def plot_interval_panels(
             _draw_row(ax, row, table[row], color=("black", "dimgray", "darkgray")[index % 3], linestyle="--")
         for index, row in enumerate(group):
             _draw_row(ax, row, table[row], color=f"C{index % 10}")
-        _length_axis(ax, table, train_length, metric)
+        _length_axis(ax, table, train_length, metric, train_style=":")  # the references are dashed here
         ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     for ax in axes[len(groups) :]:  # the grid's last panel when the groups are odd
         ax.set_visible(False)
     if title:
         figure.suptitle(title)
     if path is not None:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+        _save(figure, path, dpi=110)
     return figure
 
 
+INTERVAL_FIELDS = ("estimate", "low", "high")
+
+
 def _draw_row(ax: Any, row: str, by_length: Mapping[int, Interval], **style) -> None:
+    """One row's estimates against length, its interval a band in the line's colour."""
     lengths = sorted(by_length)
-    estimate = np.array([by_length[n].estimate for n in lengths])
-    ax.plot(lengths, estimate, marker="o", markersize=4, label=row, **style)
-    low, high = (np.array([getattr(by_length[n], bound) for n in lengths]) for bound in ("low", "high"))
-    ax.fill_between(lengths, low, high, color=style.get("color"), alpha=0.12, linewidth=0)
+    estimate, low, high = (np.array([getattr(by_length[n], k) for n in lengths]) for k in INTERVAL_FIELDS)
+    (line,) = ax.plot(lengths, estimate, marker="o", markersize=4, label=row, **style)
+    ax.fill_between(lengths, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
 
 
-def _length_axis(ax: Any, table: Mapping[str, Mapping[int, Any]], train_length: int | None, metric: str) -> None:
+def _save(figure: Any, path: str | Path, dpi: int) -> None:
+    """Write a figure atomically, in the format its suffix names (PNG by default)."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+
+
+def _length_axis(
+    ax: Any, table: Mapping[str, Mapping[int, Any]], train_length: int | None, metric: str, train_style: str = "--"
+) -> None:
+    """The score-vs-length axes: log2 lengths as ticks, the training length as a vertical line, labels, grid."""
     if train_length is not None:
-        ax.axvline(train_length, color="gray", linestyle=":", linewidth=1, label=f"training length ({train_length})")
+        label = f"training length ({train_length})"
+        ax.axvline(train_length, color="gray", linestyle=train_style, linewidth=1, label=label)
     ax.set_xscale("log", base=2)
     lengths = _lengths(table)
     if lengths:
@@ -1112,6 +1111,5 @@ def plot_differences(
     axes[0].set_ylim(max(len(rows), 1) - 0.5, -0.5)  # the table's first row on top
     figure.suptitle(title or f"{metric} minus {baseline}: paired 95% intervals (filled: the interval excludes zero)")
     if path is not None:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+        _save(figure, path, dpi=110)
     return figure
