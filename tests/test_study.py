@@ -23,9 +23,11 @@ from hf_posenc.recipes.results import length_distribution, markdown_length_table
 from hf_posenc.recipes.settings import RunConfig, SweepConfig
 from hf_posenc.recipes.sweep import (
     best_variant,
+    describe_reproduction,
     document_subsets,
     document_table,
     evaluation_documents,
+    reproduction,
     run_predictions,
     run_study,
     run_sweep,
@@ -327,6 +329,37 @@ def test_best_variant_is_saved_with_its_model_card(assets, tmp_path, capsys):
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert f"| `model.safetensors` | {weights.stat().st_size:,} | `{digest}` |" in listing
     assert all(f"`{p.name}`" in listing for p in folder.iterdir() if p.is_file())
+    # The stand-in row's labels are not what the tiny model predicts: the listing and the log say where they differ.
+    agreement = exported["reproduction"]
+    assert set(agreement) == set(exported["results"]["metrics"]) and "## Retrained against the study's run" in listing
+    assert all(cell["retrained"] == exported["results"]["metrics"][n]["accuracy"] for n, cell in agreement.items())
+    same = [cell["same_predictions"] for cell in agreement.values()]
+    assert ("other predictions than the recorded run" in listing) == (same != [1.0] * len(same))
+
+
+def test_reproduction_compares_predictions_per_length():
+    def result(predictions: dict[str, list[int]]) -> dict:
+        accuracy = {n: float(np.mean([p == y for p, y in zip(v, [0, 1, 1, 0])])) for n, v in predictions.items()}
+        return {
+            "config": {},
+            "metrics": {n: {"accuracy": a} for n, a in accuracy.items()},
+            "predictions": {"document_index": [0, 1, 2, 3], "labels": [0, 1, 1, 0], **predictions},
+        }
+
+    recorded = result({"16": [0, 1, 1, 0], "64": [0, 1, 0, 0]})
+    assert reproduction(recorded, result({"16": [0, 1, 1, 0], "64": [0, 1, 0, 0]})) == {
+        "16": {"recorded": 1.0, "retrained": 1.0, "same_predictions": 1.0},
+        "64": {"recorded": 0.75, "retrained": 0.75, "same_predictions": 1.0},
+    }
+    assert "exactly at 16, 64 tokens" in describe_reproduction(reproduction(recorded, recorded))
+    # Other labels at 64: the share of equal labels says how many documents changed, not only the accuracy.
+    changed = reproduction(recorded, result({"16": [0, 1, 1, 0], "64": [1, 1, 1, 1]}))
+    assert changed["64"] == {"recorded": 0.75, "retrained": 0.5, "same_predictions": 0.25}
+    assert describe_reproduction(changed).startswith("other predictions than the recorded run at 64: 0.5")
+    assert "16:" not in describe_reproduction(changed)
+    unknown = reproduction(recorded, {"metrics": {"16": {"accuracy": 1.0}}})  # retrained without predictions
+    assert unknown == {"16": {"recorded": 1.0, "retrained": 1.0, "same_predictions": None}}
+    assert "same labels unknown" in describe_reproduction(unknown)
 
 
 def test_real_runs_predictions_give_every_cell_an_interval(assets, tmp_path):

@@ -51,6 +51,7 @@ __all__ = [
     "analyse",
     "best_variant",
     "export_best_variant",
+    "reproduction",
     "run_study",
     "study_length_table",
     "study_sweeps",
@@ -734,10 +735,76 @@ def export_best_variant(
     encoder = getattr(model, "base_model", model)
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(run.model))
     card_results = {k: v for k, v in trained.items() if k != "predictions"}
+    agreement = reproduction(record, trained)
+    print(f"retrained {variant!r}: {describe_reproduction(agreement)}")
     folder = save_for_hub(encoder, Path(destination) / "checkpoint", tokenizer=tokenizer, results=card_results)
     push = push_to_hub(encoder, repo_id, tokenizer=tokenizer, results=card_results, dry_run=True)
-    atomic_write(Path(destination) / "checkpoint_files.md", checkpoint_listing(Path(folder), variant))
-    return {"variant": variant, "folder": str(folder), "results": card_results, "push": push}
+    listing = checkpoint_listing(Path(folder), variant) + reproduction_table(agreement)
+    atomic_write(Path(destination) / "checkpoint_files.md", listing)
+    return {
+        "variant": variant,
+        "folder": str(folder),
+        "results": card_results,
+        "push": push,
+        "reproduction": agreement,
+    }
+
+
+def reproduction(recorded: dict, retrained: dict) -> dict[str, dict]:
+    """How a retrained run matches the run recorded in a sweep, per evaluation length: both accuracies and the share
+    of test documents given the same label (`{length: {"recorded", "retrained", "same_predictions"}}`; the share is
+    None when either run kept no predictions). The card reports the retrained model's own numbers; this says whether
+    they are the study's."""
+    before, after = run_predictions(recorded) or {}, run_predictions(retrained) or {}
+    found = {}
+    for length, metrics in sorted(recorded["metrics"].items(), key=lambda item: int(item[0])):
+        if length not in retrained.get("metrics", {}):
+            continue
+        same = None
+        if length in before and length in after and len(before[length]) == len(after[length]):
+            same = float(np.mean([a == b for a, b in zip(before[length], after[length])]))
+        found[length] = {
+            "recorded": metrics.get("accuracy"),
+            "retrained": retrained["metrics"][length].get("accuracy"),
+            "same_predictions": same,
+        }
+    return found
+
+
+def describe_reproduction(agreement: dict[str, dict]) -> str:
+    """One line: identical to the recorded run, or where it differs."""
+    if not agreement:
+        return "no evaluation length in common with the recorded run"
+    if all(cell["same_predictions"] == 1.0 for cell in agreement.values()):
+        return f"the recorded run's predictions exactly at {', '.join(agreement)} tokens"
+    differ = [
+        f"{n}: {cell['retrained']} (recorded {cell['recorded']}, same labels "
+        + ("unknown" if cell["same_predictions"] is None else f"{cell['same_predictions']:.1%}")
+        + ")"
+        for n, cell in agreement.items()
+        if cell["same_predictions"] != 1.0
+    ]
+    return "other predictions than the recorded run at " + "; ".join(differ)
+
+
+def reproduction_table(agreement: dict[str, dict]) -> str:
+    """The retrained checkpoint against the study's run, as a Markdown section for the checkpoint listing."""
+    rows = [
+        f"| {n} | {cell['recorded']} | {cell['retrained']} | "
+        + ("" if cell["same_predictions"] is None else f"{cell['same_predictions']:.1%}")
+        + " |"
+        for n, cell in agreement.items()
+    ]
+    return "\n".join(
+        [
+            "\n## Retrained against the study's run\n",
+            f"The retrained checkpoint gives {describe_reproduction(agreement)}.\n",
+            "| tokens | accuracy (study) | accuracy (retrained) | same predictions |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def checkpoint_listing(folder: Path, variant: str) -> str:
