@@ -150,6 +150,23 @@ def test_macro_f1_on_a_resample_matches_sklearn():
         assert scipy_value == pytest.approx(expected, abs=1e-12)
 
 
+def test_macro_f1_of_a_batch_of_replicates_and_seeds_matches_sklearn():
+    # Both statistics count every replicate (and seed) of a batch at once; each entry must be sklearn's value.
+    rng = np.random.default_rng(12)
+    labels = rng.integers(0, 5, 40)
+    predictions = np.where(rng.random((3, 40)) < 0.5, labels, rng.integers(0, 6, (3, 40)))
+    data = stats._prepare((predictions, labels), "macro_f1")
+    index = rng.integers(0, 40, (4, 40))
+    weights = np.stack([np.bincount(row, minlength=40) for row in index]).astype(float)
+    expected = [
+        [f1_score(labels[row], seed[row], average="macro", zero_division=0) for seed in predictions] for row in index
+    ]
+    np.testing.assert_allclose(stats._per_seed(data, weights), expected, atol=1e-12)
+    first = stats._prepare((predictions[0], labels), "macro_f1")
+    batched = stats._scipy_statistic([first])(predictions[0][index], labels[index], axis=-1)
+    np.testing.assert_allclose(batched, np.asarray(expected)[:, 0], atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Paired differences
 # ---------------------------------------------------------------------------------------------------------------------
