@@ -115,8 +115,8 @@ class StackHook:
         self.context.clear()
         self.context.share_learned = not (module.training and _checkpointing(module))
         # The ids the model was called with reach this stack's forward only; a stack called directly (BART's
-        # `generate` runs the encoder on its own) gets its default positions. They stay set after the forward, so
-        # that gradient checkpointing replays the layers with them.
+        # `generate` runs the encoder on its own) gets its default positions unless it is handed ids itself. They
+        # stay set after the forward, so that gradient checkpointing replays the layers with them.
         self.context.position_ids, self.context.requested = self.context.requested, None
 
 
@@ -125,17 +125,29 @@ class ExplicitPositions:
     patched stack, as logical positions (from 0), through the stack's `PositionContext`.
 
     The encoder takes `position_ids`; a decoder takes `decoder_position_ids`, or `position_ids` when the model has no
-    encoder (`BartForCausalLM`, which calls its decoder directly: the hook then sits on the decoder). Row ids
+    encoder (`BartForCausalLM`, which calls its decoder directly: the hook then sits on the decoder). BART's encoder
+    run alone takes its `position_ids` too (a second hook on it, `given_only`). Row ids
     (RoBERTa's, offset by `padding_idx + 1`) are turned into positions. The attention backend and BART's tables read
     them from the context: transformers' BART neither accepts position ids for its encoder nor passes BERT's to
     attention per stack.
     """
 
     def __init__(
-        self, context: PositionContext, stack: StackSpec, argument: str, embeddings: nn.Module | None, table: str
+        self,
+        context: PositionContext,
+        stack: StackSpec,
+        argument: str,
+        embeddings: nn.Module | None,
+        table: str,
+        given_only: bool = False,
     ) -> None:
         self.context, self.stack, self.argument, self.embeddings = context, stack, argument, embeddings
         self.table = table  # the table's path from the hooked module
+        self.given_only = given_only  # on a stack its model also calls: a call without ids keeps the model's
+
+    def forget(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook: drop ids requested for a stack that the call did not run."""
+        self.context.requested = None
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get(self.argument)
@@ -150,6 +162,8 @@ class ExplicitPositions:
             if self.embeddings is not None:  # BERT gathers token_type_ids by row id: the buffers must reach them
                 ensure_buffers(self.embeddings, largest + 1)
             ids = ids - offset
+        elif self.given_only:
+            return
         self.context.requested = ids
 
     def _check_table(self, base: nn.Module, largest: int) -> None:

@@ -319,6 +319,35 @@ def test_a_stack_called_on_its_own_after_explicit_ids_gets_default_positions():
     assert torch.equal(plain, again)
 
 
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_bart_encoder_run_alone_takes_the_ids_it_is_handed(encoding):
+    # What `generate` and the seq2seq recipe do: run the encoder first with augmented ids, then hand its output on.
+    model = _patched("bart", encoding)
+    positions = sample_position_ids(2, SHORT, target_length=TARGET, num_chunks=3, generator=_generator(7))
+    ids = token_ids(2, SHORT, seed=3)
+    long, mask = _placed(ids, positions, TARGET)
+    with torch.no_grad():
+        alone = model.get_encoder()(input_ids=ids, position_ids=positions).last_hidden_state
+        through_model = model(input_ids=ids, decoder_input_ids=ids, position_ids=positions)
+        full = model.get_encoder()(input_ids=long, attention_mask=mask).last_hidden_state
+        default = model.get_encoder()(input_ids=ids).last_hidden_state
+    assert torch.equal(alone, through_model.encoder_last_hidden_state)
+    placed = full.gather(1, positions.unsqueeze(-1).expand_as(alone))
+    torch.testing.assert_close(alone, placed, atol=1e-5, rtol=0)
+    assert not torch.allclose(alone, default, atol=1e-4)
+
+
+def test_ids_for_a_stack_the_call_did_not_run_do_not_reach_its_next_call():
+    model = _patched("bart", "t5")
+    ids = token_ids(2, SHORT)
+    positions = sample_position_ids(2, SHORT, target_length=TARGET, generator=_generator())
+    with torch.no_grad():
+        plain = model.get_encoder()(input_ids=ids)
+        model(encoder_outputs=plain, decoder_input_ids=ids, position_ids=positions)  # the encoder does not run
+        again = model.get_encoder()(input_ids=ids).last_hidden_state
+    assert torch.equal(plain.last_hidden_state, again)
+
+
 @pytest.mark.parametrize("model_type", ["bert", "bart"])
 def test_pose_trains_the_learned_rows_past_the_training_length(model_type):
     model = tiny_model(model_type).train()
