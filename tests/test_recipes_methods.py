@@ -606,23 +606,45 @@ def test_cli_adapt_with_a_learned_table_names_max_length(assets, tmp_path, capsy
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_mlm_recipe_alone_takes_position_augmentation(assets, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["pose", "randomized"])
+def test_mlm_recipe_alone_takes_position_augmentation(assets, tmp_path, monkeypatch, method):
     from hf_posenc.recipes.mlm import MaskedPositionsMLM, run_mlm_adaptation
 
-    seen = []
+    seen, evaluated = [], []
     original = MaskedPositionsMLM.forward
 
     def spy(self, input_ids, labels, attention_mask=None, position_ids=None):
-        if self.training:
-            seen.append(position_ids)
+        (seen if self.training else evaluated).append(position_ids)
         return original(self, input_ids, labels, attention_mask, position_ids)
 
     monkeypatch.setattr(MaskedPositionsMLM, "forward", spy)
-    run = mlm_run(assets, tmp_path, encoding="rope", position_augmentation="randomized", augmentation_target=200)
+    run = mlm_run(assets, tmp_path, encoding="rope", position_augmentation=method, augmentation_target=200)
     record = run_mlm_adaptation(run)
     assert len(seen) == 3 and all(ids is not None and int(ids.max()) < 200 for ids in seen)
     assert max(int(ids.max()) for ids in seen) > 64  # past the checkpoint's 64 positions
     assert record["config"]["augmentation_target"] == 200 and record["mlm"]["after"]["32"]["mlm_loss"] > 0
+    # The evaluations before and after (one batch each): randomized positions are drawn at test time too, the same
+    # ids both times (seeded per batch, so before and after compare one thing); PoSE evaluates with plain positions.
+    assert len(evaluated) == 2 and all((ids is not None) == (method == "randomized") for ids in evaluated)
+    if method == "randomized":
+        assert all(int(ids.max()) < 200 for ids in evaluated) and max(int(ids.max()) for ids in evaluated) >= 32
+        assert torch.equal(evaluated[0], evaluated[1])
+
+
+def test_test_time_positions_key_the_mlm_cache_apart(assets, tmp_path, monkeypatch):
+    # A cached adaptation records its MLM evaluation; one evaluated with plain positions must not be reused for a
+    # randomized run (drawn at test time), and the keys of every other method stay as they were.
+    from types import SimpleNamespace
+
+    from hf_posenc.recipes import mlm
+
+    keys = {}
+    for method in ("pose", "randomized"):
+        monkeypatch.setattr(mlm, "cached_adaptation", lambda key, compute, log, m=method: keys.update({m: key}))
+        run = mlm_run(assets, tmp_path, encoding="rope", position_augmentation=method, augmentation_target=200)
+        mlm.adapt_mlm(run, None, SimpleNamespace(print=print))
+    assert keys["pose"]["mlm_evaluation"] == [[32], 4]
+    assert keys["randomized"]["mlm_evaluation"] == [[32], 4, "test-time randomized positions"]
 
 
 def seq2seq_run(assets, tmp_path, **overrides):
@@ -648,25 +670,80 @@ def seq2seq_run(assets, tmp_path, **overrides):
     return Seq2SeqConfig.from_dict({**values, **overrides})
 
 
-def test_seq2seq_recipe_augments_the_encoder_positions(assets, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["pose", "randomized"])
+def test_seq2seq_recipe_augments_the_encoder_positions(assets, tmp_path, monkeypatch, method):
     from transformers.models.bart import modeling_bart
 
     from hf_posenc.recipes.seq2seq import run_seq2seq
 
-    seen = []
+    seen, evaluated = [], []
     original = modeling_bart.BartEncoder.forward
 
     def spy(self, *args, **kwargs):
-        if self.training:
-            seen.append(kwargs.get("position_ids"))
+        (seen if self.training else evaluated).append(kwargs.get("position_ids"))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(modeling_bart.BartEncoder, "forward", spy)
-    results = run_seq2seq(seq2seq_run(assets, tmp_path, position_augmentation="pose"))
-    assert seen and all(ids is not None and int(ids.max()) < 32 for ids in seen)
-    assert max(int(ids.max()) for ids in seen) >= 8
-    assert results["config"]["position_augmentation"] == "pose" and "+pose@32" in results["variant"]
-    assert set(results["metrics"]) == {"8", "32"}
+    results = run_seq2seq(seq2seq_run(assets, tmp_path, position_augmentation=method, generate=True))
+    # The target defaults to the longest encoder input: 32 source tokens between [CLS] and [SEP].
+    assert seen and all(ids is not None and int(ids.max()) < 34 for ids in seen)
+    assert max(int(ids.max()) for ids in seen) >= 10
+    assert results["config"]["augmentation_target"] == 34 and f"+{method}@34" in results["variant"]
+    assert set(results["metrics"]) == {"8", "32"} and all("exact_match" in m for m in results["metrics"].values())
+    # One encoder pass for the loss and one for generation per batch (4 examples, one batch per length). Randomized
+    # positions are drawn at test time too, the same for both passes; PoSE evaluates with plain positions.
+    assert len(evaluated) == 4 and all((ids is not None) == (method == "randomized") for ids in evaluated)
+    if method == "randomized":
+        assert torch.equal(evaluated[0], evaluated[1]) and torch.equal(evaluated[2], evaluated[3])
+        assert int(evaluated[0].max()) >= 10 and all(int(ids.max()) < 34 for ids in evaluated)
+
+
+@pytest.mark.parametrize(("method", "refused"), [("randomized", True), ("pose", False)])
+def test_seq2seq_randomized_target_below_the_longest_input_is_refused_before_training(
+    assets, tmp_path, method, refused
+):
+    from hf_posenc.recipes.seq2seq import run_seq2seq
+
+    run = seq2seq_run(assets, tmp_path, position_augmentation=method, augmentation_target=33, max_steps=1)
+    if not refused:  # PoSE evaluates with plain positions: a target under the input only limits training's ids
+        assert run_seq2seq(run)["config"]["augmentation_target"] == 33
+        return
+    with pytest.raises(ValueError, match=r"below the longest encoder input \(34: 32 tokens and 2 special tokens\)"):
+        run_seq2seq(run)
+    assert not Path(run.output_dir).exists()
+
+
+@pytest.mark.parametrize("model_type", ["bart", "mbart"])
+def test_encoder_positions_generate_with_plain_ids_is_plain_generate(model_type):
+    from tiny_models import tiny_model
+
+    from hf_posenc import patch_model
+    from hf_posenc.recipes.methods import EncoderPositions
+
+    model = patch_model(tiny_model(model_type, HEAD_OF[model_type]), "t5")
+    with torch.no_grad():  # a fresh T5 bias is near zero: make positions matter
+        for name, parameter in model.named_parameters():
+            if "posenc" in name:
+                parameter.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": torch.randint(3, 99, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    options = {"max_new_tokens": 6, "num_beams": 1, "do_sample": False}
+    wrapped = EncoderPositions(model)
+    plain = model.generate(**inputs, **options)
+    assert torch.equal(wrapped.generate(**inputs, **options), plain)
+    assert torch.equal(wrapped.generate(**inputs, position_ids=torch.arange(12).expand(2, 12), **options), plain)
+    # Other encoder positions: the outputs are the model's own with those ids, and not its outputs without them.
+    spread = torch.arange(0, 60, 5).expand(2, 12)
+    labels = torch.randint(3, 99, (2, 5))
+    with torch.no_grad():
+        found = wrapped(**inputs, labels=labels, position_ids=spread)
+        expected = model(**inputs, labels=labels, position_ids=spread)
+        assert torch.equal(found.logits, expected.logits) and torch.equal(found.loss, expected.loss)
+        plain = model(**inputs, labels=labels)
+        assert not torch.allclose(found.encoder_last_hidden_state, plain.encoder_last_hidden_state, atol=1e-3)
+        assert not torch.equal(found.logits, plain.logits)  # a random decoder barely reads its encoder
+
+
+HEAD_OF = {"bart": "BartForConditionalGeneration", "mbart": "MBartForConditionalGeneration"}
 
 
 def test_seq2seq_augmentation_of_an_absolute_encoding_is_refused(assets, tmp_path):

@@ -4,7 +4,8 @@ and what trains (position parameters only, LoRA).
 * Position augmentation (`position_augmentation`, `augmentation_target`): the training collator is wrapped in the
   core's `hf_posenc.augmentation.PositionAugmentation`, so short windows carry position ids spread over the target
   length (PoSE, Zhu et al. 2023, arXiv:2309.10400; randomized positions, Ruoss et al. 2023, arXiv:2305.16843).
-  Randomized positions are drawn at test time too, as published (`augment_evaluation`); PoSE evaluates plainly.
+  Randomized positions are drawn at test time too, as published, in every recipe's evaluation (`augment_evaluation`,
+  `augment_evaluation_batches`); PoSE evaluates plainly.
 * Random training windows (`train_windows="random"`, `windows_per_document`): `RandomWindows` hands out a window of
   `train_length` tokens from anywhere in each document, drawn afresh every epoch from (seed, epoch, item), so a
   short fine-tune sees all of a long document's evidence while never reading more than `train_length` tokens at once.
@@ -37,6 +38,7 @@ __all__ = [
     "TRAIN_WINDOWS",
     "RandomWindows",
     "augment_evaluation",
+    "augment_evaluation_batches",
     "augment_loader",
     "augmentation_target",
     "check_methods",
@@ -95,8 +97,8 @@ def _check_augmentation(config, run: TrainingSettings, training_lengths: list[in
             )
         return
     target = augmentation_target(run)
-    if run.position_augmentation in TEST_TIME_METHODS and isinstance(run, RunConfig):
-        read = max(run.eval_lengths + ([run.chunk_window] if run.chunk_window else []))
+    if run.position_augmentation in TEST_TIME_METHODS:
+        read = max(_evaluated_lengths(run))
         if target < read:
             raise ValueError(
                 f"augmentation_target ({target}) is below an evaluation length ({read}): "
@@ -153,6 +155,23 @@ class EncoderPositions(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         )
         return self.model(attention_mask=attention_mask, encoder_outputs=encoded, labels=labels, **kwargs)
+
+    def generate(self, input_ids, attention_mask, position_ids=None, **kwargs):
+        """The model's `generate`, its encoder run once with `position_ids` when given (test-time ids)."""
+        if position_ids is not None:
+            kwargs["encoder_outputs"] = self.model.get_encoder()(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            )
+        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def _evaluated_lengths(run: TrainingSettings) -> list[int]:
+    """Every input length a run evaluates at: its evaluation lengths, its chunk window, its masked-LM lengths."""
+    lengths = list(run.eval_lengths)
+    if isinstance(run, RunConfig):
+        lengths += [run.chunk_window] if run.chunk_window else []
+        lengths += run.mlm_eval_lengths if run.mlm_steps else []
+    return lengths
 
 
 def _check_windows(run: RunConfig) -> None:
@@ -230,6 +249,21 @@ def augment_evaluation(loaders: dict[int, DataLoader], model: nn.Module, run: Tr
         )
         for length, loader in loaders.items()
     }
+
+
+def augment_evaluation_batches(batches: dict[int, list[dict]], model: nn.Module, run: TrainingSettings) -> dict:
+    """`augment_evaluation` for evaluation sets kept as lists of ready batches (the masked-LM phase's): each batch
+    gets the ids one collator call would give it; otherwise `batches` as they are."""
+    if run.position_augmentation not in TEST_TIME_METHODS:
+        return batches
+    collate = PositionAugmentation.for_model(
+        model.base_model, augmentation_target(run), run.position_augmentation, run.seed, collator=_the_batch
+    )
+    return {length: [collate([batch]) for batch in found] for length, found in batches.items()}
+
+
+def _the_batch(items: list[dict]) -> dict:
+    return items[0]
 
 
 def cover_positions(model: nn.Module, target_length: int) -> None:

@@ -23,11 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..architectures import architecture_for, get_submodule
-from ..augmentation import METHODS, PositionAugmentation
+from ..augmentation import METHODS, TEST_TIME_METHODS, PositionAugmentation
 from ..hub.files import atomic_write
 from .adaptation import adaptation_key, cached_adaptation
 from .data import load_running_text, resolve_checkpoint, special_tokens
 from .methods import (
+    augment_evaluation_batches,
     augment_loader,
     augmentation_target,
     check_methods,
@@ -188,7 +189,7 @@ def warm_up_head(model: MaskedPositionsMLM, loader, steps: int, learning_rate: f
 @torch.no_grad()
 def evaluate_mlm(model, eval_sets: dict[int, list[dict]]) -> dict[str, dict]:
     """Masked-token loss and accuracy at each length (same masks for every encoding); `model` is a
-    `MaskedPositionsMLM`."""
+    `MaskedPositionsMLM`. A batch's `position_ids`, when it has them (test-time randomized positions), are used."""
     model.eval()
     results = {}
     for length, batches in eval_sets.items():
@@ -197,7 +198,8 @@ def evaluate_mlm(model, eval_sets: dict[int, list[dict]]) -> dict[str, dict]:
         for batch in batches:
             labels = batch["labels"].to(device)
             chosen = labels != -100
-            logits = model(input_ids=batch["input_ids"].to(device), labels=labels).logits  # masked positions only
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "position_ids") if k in batch}
+            logits = model(**inputs, labels=labels).logits  # masked positions only
             loss_sum += nn.functional.cross_entropy(logits.float(), labels[chosen], reduction="sum").item()
             correct += (logits.argmax(-1) == labels[chosen]).sum().item()
             count += chosen.sum().item()
@@ -236,6 +238,8 @@ def adapt_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.T
     target = augmentation_target(run) if run.position_augmentation != "none" else None
     key = adaptation_key(run, resolve_checkpoint(run.model), mlm_seed(run), target)
     key["mlm_evaluation"] = [run.mlm_eval_lengths, run.mlm_max_eval_chunks]
+    if run.position_augmentation in TEST_TIME_METHODS:  # an entry evaluated with plain positions is not reused
+        key["mlm_evaluation"].append(f"test-time {run.position_augmentation} positions")
     return cached_adaptation(key, lambda: train_mlm(run, tokenizer, accelerator), log=accelerator.print)
 
 
@@ -250,6 +254,7 @@ def train_mlm(run: RunConfig, tokenizer, accelerator) -> tuple[dict[str, torch.T
     model = select_trainable(model, run).to(accelerator.device)
     loader, eval_sets = mlm_dataloaders(run, tokenizer)
     loader = augment_loader(loader, model, dataclasses.replace(run, seed=seed))
+    eval_sets = augment_evaluation_batches(eval_sets, model, dataclasses.replace(run, seed=seed))
     results = {"before": evaluate_mlm(model, eval_sets)} if eval_sets else {}
     if run.mlm_head_warmup_steps:
         results["head_warmup"] = warm_up_head(model, loader, run.mlm_head_warmup_steps, run.mlm_head_learning_rate)

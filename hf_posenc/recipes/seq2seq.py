@@ -12,6 +12,7 @@ target columns runs the same recipe as a generation task for users who can reach
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -20,9 +21,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..augmentation import TEST_TIME_METHODS
 from ..patching import patch_model, patch_spec
 from .data import dataset_info, load_running_text, resolve_checkpoint, special_tokens
-from .methods import EncoderPositions, augment_loader, check_methods, check_seq2seq_augmentation
+from .methods import (
+    EncoderPositions,
+    augment_evaluation,
+    augment_loader,
+    check_methods,
+    check_seq2seq_augmentation,
+)
 from .results import environment, write_json
 from .settings import Seq2SeqConfig
 from .training import check_resume, fit, make_accelerator
@@ -211,9 +219,11 @@ def evaluate_seq2seq(accelerator, model, loaders: dict[int, DataLoader], generat
 
 def _exact_matches(model, batch: dict[str, torch.Tensor]) -> int:
     labels = batch["labels"]
+    positions = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
     generated = model.generate(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
+        **positions,
         max_new_tokens=labels.shape[1],
         num_beams=1,
         do_sample=False,
@@ -225,6 +235,30 @@ def _exact_matches(model, batch: dict[str, torch.Tensor]) -> int:
     return matches
 
 
+def cover_encoder_inputs(run: Seq2SeqConfig, tokenizer) -> Seq2SeqConfig:
+    """The run with an augmentation target that covers the encoder's longest input, special tokens included (a
+    length here counts the source's tokens; the encoder reads them between the tokenizer's special tokens).
+
+    Unset, the target becomes that longest evaluation input, so the trained ids reach every position the evaluation
+    uses; a target set below it is refused for randomized positions, which are drawn at test time from
+    `[0, target)` and could not place the input.
+    """
+    if run.position_augmentation == "none":
+        return run
+    prefix, suffix = special_tokens(tokenizer)
+    longest = max(run.eval_lengths) + len(prefix) + len(suffix)
+    if run.augmentation_target is None:
+        return dataclasses.replace(run, augmentation_target=longest)
+    if run.position_augmentation in TEST_TIME_METHODS and run.augmentation_target < longest:
+        raise ValueError(
+            f"augmentation_target ({run.augmentation_target}) is below the longest encoder input ({longest}: "
+            f"{max(run.eval_lengths)} tokens and {len(prefix) + len(suffix)} special tokens); randomized positions "
+            f"are drawn at test time too, from [0, augmentation_target). Set --augmentation_target to at least "
+            f"{longest}, or leave it unset."
+        )
+    return run
+
+
 def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict:
     """Train a small patched BART on the task at `train_length`, evaluate at `eval_lengths`; write results."""
     from accelerate.utils import set_seed
@@ -233,11 +267,12 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     started = time.perf_counter()
     if run.task not in OFFLINE_TASKS and run.task.startswith(("copy", "reverse")):
         raise ValueError(f"Unknown offline task {run.task!r}; offline tasks are {OFFLINE_TASKS}.")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(run.tokenizer))
+    run = cover_encoder_inputs(run, tokenizer)
     check_resume(run, Path(run.output_dir) / "checkpoints")
     check_methods(None, run, [run.train_length])
     check_seq2seq_augmentation(run)
     accelerator = make_accelerator(run)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(run.tokenizer))
     train_loader, loaders = get_dataloaders(run, tokenizer)
     set_seed(run.seed)
     model = build_bart(run, tokenizer)
@@ -248,8 +283,9 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     source = run.text_dataset if run.task in OFFLINE_TASKS else run.task
     results["dataset_info"] = dataset_info(source)  # the model card's data section, as classification runs give it
     results.update(config=run.to_dict(), patch_spec=patch_spec(accelerator.unwrap_model(model)), train=summary)
-    if not summary["stopped_early"]:
-        results["metrics"] = evaluate_seq2seq(accelerator, model, loaders, run.generate)
+    if not summary["stopped_early"]:  # randomized positions are drawn for the encoder at test time too
+        loaders = augment_evaluation(loaders, model, run)
+        results["metrics"] = evaluate_seq2seq(accelerator, trained, loaders, run.generate)
     results.update(
         timings={"total_seconds": round(time.perf_counter() - started, 2)}, environment=environment(accelerator)
     )
