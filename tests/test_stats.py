@@ -411,6 +411,17 @@ def test_markdown_tables():
     assert lines[0] == "| macro-F1 - learned | 128 | 512 |"
     assert lines[2] == "| alibi | -0.110 [-0.16, -0.06] * | +0.010 [-0.04, +0.06] |"
     assert "95% interval excludes zero" in text
+    table["alibi"] = {128: Interval(0.57, 0.52, 0.62), 512: Interval(0.68, 0.63, 0.73)}
+    differences["tfidf"] = {512: Difference(0.13, 0.08, 0.18, 0.001)}
+    lines = stats.markdown_glance_table(table, differences, "learned", train_length=128).splitlines()
+    assert lines[:5] == [
+        "| accuracy [95% CI] | 128 (trained) | 512 | 512 - baseline |",
+        "|---|---|---|---|",
+        "| learned (baseline) | 0.680 [0.63, 0.73] | 0.670 [0.62, 0.72] |  |",
+        "| tfidf |  | 0.800 [0.75, 0.85] | +0.130 [+0.08, +0.18] * |",
+        "| alibi | 0.570 [0.52, 0.62] | 0.680 [0.63, 0.73] | +0.010 [-0.04, +0.06] |",  # the longest length's
+    ]
+    assert "difference to learned excludes zero" in lines[-1]
 
 
 @pytest.mark.parametrize("bands", [True, False])

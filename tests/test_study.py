@@ -144,6 +144,9 @@ def test_intervals_and_paired_differences_have_their_known_values(assets, tmp_pa
     assert "| wrong | -1.000 [-1.00, -1.00] * |" in table  # excludes zero: marked
     assert "| copy | +0.000 [+0.00, +0.00] |" in table  # does not: unmarked
     assert "| test documents | n | median tokens |" in table
+    # The glance table comes first: the longest length's difference beside each row's intervals.
+    assert table.index("## At a glance (20 test documents)") < table.index("| accuracy | 16 |")
+    assert "| wrong | 0.000 [0.00, 0.00] | 0.000 [0.00, 0.00] | -1.000 [-1.00, -1.00] * |" in table
     assert (tmp_path / "sweep" / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "sweep" / "results_differences.png").read_bytes()[:4] == b"\x89PNG"
 

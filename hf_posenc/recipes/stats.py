@@ -65,6 +65,7 @@ __all__ = [
     "interval_table",
     "macro_f1",
     "markdown_difference_table",
+    "markdown_glance_table",
     "markdown_interval_table",
     "paired_difference",
     "plot_differences",
@@ -931,6 +932,46 @@ def markdown_difference_table(
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     level = f"{100 * levels.pop():g}%" if len(levels) == 1 else "its"
     footnote = f"\n`*`: the paired bootstrap {level} interval excludes zero (documents and seeds resampled).\n"
+    return "\n".join(lines) + "\n" + footnote
+
+
+def markdown_glance_table(
+    intervals: Mapping[str, Mapping[int, Interval]],
+    differences: Mapping[str, Mapping[int, Difference]],
+    baseline: str,
+    *,
+    metric: str = "accuracy",
+    train_length: int | None = None,
+    digits: int = 3,
+    bound_digits: int = 2,
+) -> str:
+    """One table a reader can stop at: each row's interval at every length, then its paired difference to `baseline`
+    at the longest length (`*`: the interval excludes zero; empty for the baseline row itself).
+
+    Args:
+        intervals (`Mapping[str, Mapping[int, Interval]]`): `intervals[variant][length]` (rows in this order).
+        differences (`Mapping[str, Mapping[int, Difference]]`): `differences[variant][length]`.
+        baseline (`str`): Name of the baseline row.
+        metric (`str`, *optional*, defaults to `"accuracy"`): Metric name for the corner cell.
+        train_length (`int`, *optional*): Column marked "(trained)".
+        digits (`int`, *optional*, defaults to 3): Digits of the estimates.
+        bound_digits (`int`, *optional*, defaults to 2): Digits of the bounds.
+
+    Returns:
+        `str`: The table and a one-line footnote.
+    """
+    lengths = _lengths(intervals)
+    longest = lengths[-1]
+    lines = _header(f"{metric} [95% CI]", lengths, train_length)
+    lines[0] = lines[0][:-1] + f"| {longest} - baseline |"
+    lines[1] += "---|"
+    for variant, by_length in intervals.items():
+        cells = [format_interval(by_length[n], digits, bound_digits) if n in by_length else "" for n in lengths]
+        found = differences.get(variant, {}).get(longest)
+        cells.append(format_difference(found, digits, bound_digits) if found is not None else "")
+        name = f"{variant} (baseline)" if variant == baseline else variant
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    footnote = f"\n`*`: the paired bootstrap interval of the difference to {baseline} excludes zero.\n"
     return "\n".join(lines) + "\n" + footnote
 
 

@@ -581,8 +581,9 @@ def sweep_markdown(summary: dict, lengths: list[int], metric: str) -> str:
     if documents.get("length_distribution"):
         name = Path(runs[0]["config"].get("dataset", "test")).name
         text.append(markdown_length_table({name: documents["length_distribution"]}))
-    text += [markdown_table(summary["summary"], lengths, m, summary.get("baseline")) for m in metrics]
     train_length = runs[0]["config"]["train_length"]
+    text.append(_glance(summary, metric, train_length))
+    text += [markdown_table(summary["summary"], lengths, m, summary.get("baseline")) for m in metrics]
     for subset, entry in (summary.get("analysis") or {}).items():
         text.append(
             f"## 95% intervals: {subset} ({entry['n_docs']} test documents)\n\nPercentile bootstrap over test "
@@ -605,6 +606,21 @@ def sweep_markdown(summary: dict, lengths: list[int], metric: str) -> str:
     text.append("Seconds per run (train + evaluate): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n")
     text.append(f"Environment: `{json.dumps(summary['environment'])}`\n")
     return "\n".join(t for t in text if t)
+
+
+def _glance(summary: dict, metric: str, train_length: int) -> str:
+    """The at-a-glance table of all test documents (intervals and the difference at the longest length), if any."""
+    entry = (summary.get("analysis") or {}).get("all")
+    if not entry or not entry.get("baseline_row") or metric not in entry["intervals"]:
+        return ""
+    table = stats.markdown_glance_table(
+        _intervals(entry["intervals"][metric]),
+        _differences(entry["differences"].get(metric, {})),
+        entry["baseline_row"],
+        metric=metric,
+        train_length=train_length,
+    )
+    return f"## At a glance ({entry['n_docs']} test documents)\n\n{table}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
