@@ -333,9 +333,9 @@ def _install_explicit_positions(model: nn.Module, plan: StackPlan, context: Posi
         argument = "decoder_position_ids" if stack.name == "decoder" else "position_ids"
         hook = ExplicitPositions(context, stack, argument, embeddings, stack.table)
         handle = base.register_forward_pre_hook(hook, with_kwargs=True)
-        # Ids requested for a stack the call did not run (BART given `encoder_outputs`) must not reach its next,
-        # unrelated call.
-        remember_hook(stack_module, base.register_forward_hook(hook.forget))
+        # Ids requested for a stack the call did not run (BART given `encoder_outputs`, or a call that raised) must
+        # not reach its next, unrelated call.
+        remember_hook(stack_module, base.register_forward_hook(hook.forget, always_call=True))
         if stack.name == "encoder" and stack.table_call == "bart":
             # BART's encoder is also run alone (`generate` runs it first; a caller hands it `position_ids`): the
             # ids given to it are taken too. Not the decoder's: BartModel hands a call's `position_ids` to both.

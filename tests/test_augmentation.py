@@ -348,6 +348,18 @@ def test_ids_for_a_stack_the_call_did_not_run_do_not_reach_its_next_call():
     assert torch.equal(plain.last_hidden_state, again)
 
 
+def test_ids_of_a_call_that_raised_do_not_reach_the_next_call():
+    model = _patched("bart", "learned")
+    ids = token_ids(2, SHORT)
+    positions = sample_position_ids(2, SHORT, target_length=TARGET, generator=_generator())
+    with torch.no_grad():
+        plain = model.get_encoder()(input_ids=ids).last_hidden_state
+        with pytest.raises(ValueError, match="decoder's learned table has"):  # after the encoder's ids were taken
+            model(input_ids=ids, decoder_input_ids=ids, position_ids=positions, decoder_position_ids=positions + 100)
+        again = model.get_encoder()(input_ids=ids).last_hidden_state
+    assert torch.equal(plain, again)
+
+
 @pytest.mark.parametrize("model_type", ["bert", "bart"])
 def test_pose_trains_the_learned_rows_past_the_training_length(model_type):
     model = tiny_model(model_type).train()
@@ -394,9 +406,12 @@ def test_unpatch_removes_every_hook_and_restores_the_outputs():
         before = model(input_ids=ids, decoder_input_ids=ids).last_hidden_state
     patch_model(model, "alibi", attention_window=4, attention_scale="log", attention_scale_length=8)
     patch_model(model, "rope", attention_window=6, replace=True)
-    assert len(model.base_model._forward_pre_hooks) == 2  # one per stack: the replaced patch's are gone
+    base = model.base_model
+    # One of each per stack (and BART's encoder its own, for ids handed to it alone): the replaced patch's are gone.
+    assert len(base._forward_pre_hooks) == len(base._forward_hooks) == 2
+    assert len(base.encoder._forward_pre_hooks) == 2 and len(base.decoder._forward_pre_hooks) == 1
     hf_posenc.unpatch_model(model)
-    modules = [model.base_model, model.base_model.encoder.embed_positions, model.base_model.decoder.embed_positions]
+    modules = [base, base.encoder, base.decoder, base.encoder.embed_positions, base.decoder.embed_positions]
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in modules)
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids, decoder_input_ids=ids).last_hidden_state, before)

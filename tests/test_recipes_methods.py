@@ -16,7 +16,7 @@ from recipe_fixtures import make_recipe_assets, tiny_run_config
 
 from hf_posenc.recipes.chunked import ChunkingCollator, chunk_starts, chunked_document_logits
 from hf_posenc.recipes.classification import MeanPoolingClassifier, run_classification
-from hf_posenc.recipes.settings import RunConfig
+from hf_posenc.recipes.settings import RunConfig, settings_differences
 
 
 @pytest.fixture(scope="module")
@@ -684,11 +684,14 @@ def test_seq2seq_recipe_augments_the_encoder_positions(assets, tmp_path, monkeyp
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(modeling_bart.BartEncoder, "forward", spy)
-    results = run_seq2seq(seq2seq_run(assets, tmp_path, position_augmentation=method, generate=True))
-    # The target defaults to the longest encoder input: 32 source tokens between [CLS] and [SEP].
+    run = seq2seq_run(assets, tmp_path, position_augmentation=method, generate=True)
+    results = run_seq2seq(run)
+    # The target defaults to the longest encoder input: 32 source tokens between [CLS] and [SEP]. The recorded
+    # settings keep it unset, so the finished run is the requested one (a sweep's --resume reuses it).
     assert seen and all(ids is not None and int(ids.max()) < 34 for ids in seen)
     assert max(int(ids.max()) for ids in seen) >= 10
-    assert results["config"]["augmentation_target"] == 34 and f"+{method}@34" in results["variant"]
+    assert results["encoder_augmentation_target"] == 34 and results["config"]["augmentation_target"] is None
+    assert settings_differences(results["config"], run.to_dict()) == [] and f"+{method}@32" in results["variant"]
     assert set(results["metrics"]) == {"8", "32"} and all("exact_match" in m for m in results["metrics"].values())
     # One encoder pass for the loss and one for generation per batch (4 examples, one batch per length). Randomized
     # positions are drawn at test time too, the same for both passes; PoSE evaluates with plain positions.
@@ -746,11 +749,30 @@ def test_encoder_positions_generate_with_plain_ids_is_plain_generate(model_type)
 HEAD_OF = {"bart": "BartForConditionalGeneration", "mbart": "MBartForConditionalGeneration"}
 
 
-def test_seq2seq_augmentation_of_an_absolute_encoding_is_refused(assets, tmp_path):
+def test_seq2seq_augmentation_trains_a_learned_encoder_table_past_the_window(assets, tmp_path):
+    from tiny_models import tiny_model
+
+    from hf_posenc import patch_model
+    from hf_posenc.augmentation import sample_position_ids
+    from hf_posenc.recipes.methods import EncoderPositions
     from hf_posenc.recipes.seq2seq import run_seq2seq
 
-    with pytest.raises(ValueError, match="needs a relative encoding"):
-        run_seq2seq(seq2seq_run(assets, tmp_path, encoding="learned", position_augmentation="pose"))
+    # The encoder run alone takes the ids, so PoSE reaches BART's learned table: rows past the window get gradients.
+    model = patch_model(tiny_model("bart", HEAD_OF["bart"]), "learned").train()
+    ids = torch.randint(3, 99, (2, 8))
+    positions = sample_position_ids(2, 8, target_length=48, generator=torch.Generator().manual_seed(0))
+    EncoderPositions(model)(ids, torch.ones_like(ids), labels=ids, position_ids=positions).loss.backward()
+    grad = model.model.encoder.embed_positions.weight.grad.abs().sum(-1)
+    used = sorted(set((positions + 2).flatten().tolist()))  # BART's table keeps two rows before position 0
+    assert (grad[used] > 0).all() and max(used) >= 10 and float(grad[50:].sum()) == 0.0
+    # The recipe runs it (once refused as having no effect), and a target past the table is refused before training.
+    results = run_seq2seq(seq2seq_run(assets, tmp_path / "ok", encoding="learned", position_augmentation="pose"))
+    assert results["encoder_augmentation_target"] == 34 and set(results["metrics"]) == {"8", "32"}
+    too_far = seq2seq_run(assets, tmp_path / "far", encoding="learned", position_augmentation="pose")
+    too_far.augmentation_target = 200
+    with pytest.raises(ValueError, match="past the encoder's 66 positions"):
+        run_seq2seq(too_far)
+    assert not (tmp_path / "far" / "s2s").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

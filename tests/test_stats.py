@@ -422,6 +422,10 @@ def test_markdown_tables():
         "| alibi | 0.570 [0.52, 0.62] | 0.680 [0.63, 0.73] | +0.010 [-0.04, +0.06] |",  # the longest length's
     ]
     assert "difference to learned excludes zero" in lines[-1]
+    # Differences only at 128: the column is the longest length that has them; no rows, no table.
+    lines = stats.markdown_glance_table(table, {"alibi": {128: differences["alibi"][128]}}, "learned").splitlines()
+    assert lines[0].endswith("| 128 - baseline |") and lines[4].endswith("| -0.110 [-0.16, -0.06] * |")
+    assert stats.markdown_glance_table({}, {}, "learned") == ""
 
 
 @pytest.mark.parametrize("bands", [True, False])

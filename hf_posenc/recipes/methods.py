@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..architectures import architecture_for, get_submodule, set_submodule
 from ..augmentation import TEST_TIME_METHODS, PositionAugmentation
-from ..encodings import ENCODINGS, canonical_name
 from ..extension import set_max_length
 from .settings import RunConfig, TrainingSettings
 from .training import supported_length
@@ -42,7 +41,6 @@ __all__ = [
     "augment_loader",
     "augmentation_target",
     "check_methods",
-    "check_seq2seq_augmentation",
     "cover_positions",
     "merge_lora",
     "position_parameter_names",
@@ -117,18 +115,6 @@ def _check_augmentation(config, run: TrainingSettings, training_lengths: list[in
             f"Position augmentation to {target} positions needs a learned table of at least {target} rows, but "
             f"{run.model!r} with encoding {run.encoding!r} has {limit}. Extend the table first with "
             f"--max_length {target}, or lower --augmentation_target."
-        )
-
-
-def check_seq2seq_augmentation(run: TrainingSettings) -> None:
-    """Position augmentation of an encoder-decoder reaches the encoder's relative encoding only: BART's encoder
-    does not hand `position_ids` to its absolute table, so augmenting an absolute encoding would change nothing."""
-    encoding = ENCODINGS[canonical_name(run.encoding)]
-    if run.position_augmentation != "none" and encoding.kind != "relative":
-        relative = sorted(n for n, c in ENCODINGS.items() if c.kind == "relative")
-        raise ValueError(
-            f"Position augmentation in the seq2seq recipe needs a relative encoding ({relative}); BART's encoder "
-            f"ignores position ids for the {encoding.kind} encoding {run.encoding!r}."
         )
 
 

@@ -22,15 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..augmentation import TEST_TIME_METHODS
+from ..encodings import ENCODINGS, canonical_name
 from ..patching import patch_model, patch_spec
 from .data import dataset_info, load_running_text, resolve_checkpoint, special_tokens
-from .methods import (
-    EncoderPositions,
-    augment_evaluation,
-    augment_loader,
-    check_methods,
-    check_seq2seq_augmentation,
-)
+from .methods import EncoderPositions, augment_evaluation, augment_loader, check_methods
 from .results import environment, write_json
 from .settings import Seq2SeqConfig
 from .training import check_resume, fit, make_accelerator
@@ -52,7 +47,7 @@ def build_bart(run: Seq2SeqConfig, tokenizer) -> nn.Module:
     from transformers import BartConfig, BartForConditionalGeneration
 
     prefix, suffix = special_tokens(tokenizer)
-    longest = max(run.eval_lengths + [run.train_length, run.max_target_length]) + 2
+    longest = table_rows(run)
     config = BartConfig(
         vocab_size=len(tokenizer),
         d_model=run.d_model,
@@ -235,28 +230,40 @@ def _exact_matches(model, batch: dict[str, torch.Tensor]) -> int:
     return matches
 
 
-def cover_encoder_inputs(run: Seq2SeqConfig, tokenizer) -> Seq2SeqConfig:
-    """The run with an augmentation target that covers the encoder's longest input, special tokens included (a
-    length here counts the source's tokens; the encoder reads them between the tokenizer's special tokens).
+def encoder_augmentation(run: Seq2SeqConfig, tokenizer) -> Seq2SeqConfig:
+    """The settings the encoder's augmented ids are drawn with: the run's, with a target that covers the encoder's
+    longest input, special tokens included (a length here counts the source's tokens; the encoder reads them between
+    the tokenizer's special tokens). The recorded settings keep the user's value (unset stays unset), so a finished
+    run is recognized and resumed.
 
-    Unset, the target becomes that longest evaluation input, so the trained ids reach every position the evaluation
-    uses; a target set below it is refused for randomized positions, which are drawn at test time from
-    `[0, target)` and could not place the input.
+    An unset target becomes that longest evaluation input, so the trained ids reach every position the evaluation
+    uses. Refused before anything trains: a target below it for randomized positions (drawn at test time too, from
+    `[0, target)`, they could not place the input), and a target past a learned table's rows.
     """
     if run.position_augmentation == "none":
         return run
     prefix, suffix = special_tokens(tokenizer)
     longest = max(run.eval_lengths) + len(prefix) + len(suffix)
-    if run.augmentation_target is None:
-        return dataclasses.replace(run, augmentation_target=longest)
-    if run.position_augmentation in TEST_TIME_METHODS and run.augmentation_target < longest:
+    target = run.augmentation_target or longest
+    if run.position_augmentation in TEST_TIME_METHODS and target < longest:
         raise ValueError(
-            f"augmentation_target ({run.augmentation_target}) is below the longest encoder input ({longest}: "
+            f"augmentation_target ({target}) is below the longest encoder input ({longest}: "
             f"{max(run.eval_lengths)} tokens and {len(prefix) + len(suffix)} special tokens); randomized positions "
             f"are drawn at test time too, from [0, augmentation_target). Set --augmentation_target to at least "
             f"{longest}, or leave it unset."
         )
-    return run
+    encoding = ENCODINGS[canonical_name(run.encoding)]
+    if encoding.kind == "absolute" and encoding.learned and target > table_rows(run):
+        raise ValueError(
+            f"augmentation_target ({target}) is past the encoder's {table_rows(run)} positions (the longest input "
+            f"of the run); lower --augmentation_target or add a longer evaluation length."
+        )
+    return dataclasses.replace(run, augmentation_target=target)
+
+
+def table_rows(run: Seq2SeqConfig) -> int:
+    """Positions of the small BART's tables: the run's longest source or target, and two special tokens."""
+    return max(run.eval_lengths + [run.train_length, run.max_target_length]) + 2
 
 
 def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict:
@@ -267,24 +274,25 @@ def run_seq2seq(run: Seq2SeqConfig, get_dataloaders=seq2seq_dataloaders) -> dict
     started = time.perf_counter()
     if run.task not in OFFLINE_TASKS and run.task.startswith(("copy", "reverse")):
         raise ValueError(f"Unknown offline task {run.task!r}; offline tasks are {OFFLINE_TASKS}.")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(run.tokenizer))
-    run = cover_encoder_inputs(run, tokenizer)
     check_resume(run, Path(run.output_dir) / "checkpoints")
     check_methods(None, run, [run.train_length])
-    check_seq2seq_augmentation(run)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(run.tokenizer))
+    positions = encoder_augmentation(run, tokenizer)
     accelerator = make_accelerator(run)
     train_loader, loaders = get_dataloaders(run, tokenizer)
     set_seed(run.seed)
     model = build_bart(run, tokenizer)
-    train_loader = augment_loader(train_loader, model, run)
+    train_loader = augment_loader(train_loader, model, positions)
     trained = model if run.position_augmentation == "none" else EncoderPositions(model)
     summary = fit(accelerator, trained, train_loader, run, Path(run.output_dir) / "checkpoints", "seq2seq")
     results = {"kind": "seq2seq", "pretrained_bart": False, "note": NOT_PRETRAINED, "variant": run.variant}
     source = run.text_dataset if run.task in OFFLINE_TASKS else run.task
     results["dataset_info"] = dataset_info(source)  # the model card's data section, as classification runs give it
     results.update(config=run.to_dict(), patch_spec=patch_spec(accelerator.unwrap_model(model)), train=summary)
+    if run.position_augmentation != "none":
+        results["encoder_augmentation_target"] = positions.augmentation_target
     if not summary["stopped_early"]:  # randomized positions are drawn for the encoder at test time too
-        loaders = augment_evaluation(loaders, model, run)
+        loaders = augment_evaluation(loaders, model, positions)
         results["metrics"] = evaluate_seq2seq(accelerator, trained, loaders, run.generate)
     results.update(
         timings={"total_seconds": round(time.perf_counter() - started, 2)}, environment=environment(accelerator)

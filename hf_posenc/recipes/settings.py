@@ -141,7 +141,9 @@ class TrainingSettings(Settings):
         "al. 2023: a sorted random subset of the target's positions); applies to every training phase of the run",
     )
     augmentation_target: int | None = _option(
-        None, "the length augmented position ids reach (exclusive); unset: the largest evaluation length"
+        None,
+        "the length augmented position ids reach (exclusive); unset: the largest evaluation length (seq2seq: the "
+        "longest encoder input, its special tokens included)",
     )
     # bookkeeping
     output_dir: str = _option("recipes/results/run", "folder of results.json, results.md and the checkpoints")
@@ -350,8 +352,8 @@ class Seq2SeqConfig(TrainingSettings):
 
     config_kind: ClassVar[str] = "seq2seq config"
 
-    train_length: int = _option(32, "training input length in tokens (special tokens included)")
-    eval_lengths: list[int] = _option([16, 32, 64, 128], "evaluation input lengths in tokens")
+    train_length: int = _option(32, "training source length in tokens (the encoder also reads the special tokens)")
+    eval_lengths: list[int] = _option([16, 32, 64, 128], "evaluation source lengths in tokens (special tokens apart)")
     epochs: int = _option(1, "training epochs (ignored when max_steps is set)")
     learning_rate: float = _option(5e-4, "peak learning rate (AdamW, linear warm-up and decay)")
     output_dir: str = _option("recipes/results/seq2seq", "folder of results.json and the checkpoints")

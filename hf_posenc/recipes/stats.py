@@ -946,7 +946,7 @@ def markdown_glance_table(
     bound_digits: int = 2,
 ) -> str:
     """One table a reader can stop at: each row's interval at every length, then its paired difference to `baseline`
-    at the longest length (`*`: the interval excludes zero; empty for the baseline row itself).
+    at the longest length that has one (`*`: the interval excludes zero; empty for the baseline row itself).
 
     Args:
         intervals (`Mapping[str, Mapping[int, Interval]]`): `intervals[variant][length]` (rows in this order).
@@ -958,10 +958,13 @@ def markdown_glance_table(
         bound_digits (`int`, *optional*, defaults to 2): Digits of the bounds.
 
     Returns:
-        `str`: The table and a one-line footnote.
+        `str`: The table and a one-line footnote ("" without intervals).
     """
     lengths = _lengths(intervals)
-    longest = lengths[-1]
+    if not lengths:
+        return ""
+    compared = _lengths(differences)
+    longest = compared[-1] if compared else lengths[-1]  # the longest length that has differences
     lines = _header(f"{metric} [95% CI]", lengths, train_length)
     lines[0] = lines[0][:-1] + f"| {longest} - baseline |"
     lines[1] += "---|"

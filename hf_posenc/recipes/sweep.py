@@ -793,14 +793,20 @@ def describe_reproduction(agreement: dict[str, dict]) -> str:
         return "no evaluation length in common with the recorded run"
     if all(cell["same_predictions"] == 1.0 for cell in agreement.values()):
         return f"the recorded run's predictions exactly at {', '.join(agreement)} tokens"
+    unknown = [n for n, cell in agreement.items() if cell["same_predictions"] is None]
     differ = [
-        f"{n}: {cell['retrained']} (recorded {cell['recorded']}, same labels "
-        + ("unknown" if cell["same_predictions"] is None else f"{cell['same_predictions']:.1%}")
-        + ")"
+        f"{n}: {cell['retrained']} (recorded {cell['recorded']}, same labels {cell['same_predictions']:.1%})"
         for n, cell in agreement.items()
-        if cell["same_predictions"] != 1.0
+        if cell["same_predictions"] not in (None, 1.0)
     ]
-    return "other predictions than the recorded run at " + "; ".join(differ)
+    parts = ["other predictions than the recorded run at " + "; ".join(differ)] if differ else []
+    if unknown:
+        parts.append(
+            f"no predictions to compare at {', '.join(unknown)} tokens (accuracies: "
+            + "; ".join(f"{agreement[n]['retrained']} vs recorded {agreement[n]['recorded']}" for n in unknown)
+            + ")"
+        )
+    return "; ".join(parts)
 
 
 def reproduction_table(agreement: dict[str, dict]) -> str:
