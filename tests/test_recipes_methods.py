@@ -459,17 +459,60 @@ def test_mlm_adaptation_with_augmentation_is_cached_and_reused_across_seeds(asse
         "encoder.safetensors",
         "mlm_results.json",
         "settings.json",
+        "code.json",
         "manifest.json",
     }
     assert json.loads((entry / "settings.json").read_text())["position_augmentation"] == "pose"
     second = mlm_run(assets, tmp_path, encoding="t5", seed=1, output_dir=str(tmp_path / "b"))
     reused = run_classification(second)
-    assert f"reusing adapted checkpoint {cache['hash']}" in capsys.readouterr().out
-    assert reused["mlm"]["cache"] == {**cache, "reused": True}
+    out = capsys.readouterr().out
+    assert f"reusing adapted checkpoint {cache['hash']}" in out and "warning" not in out
+    assert reused["mlm"]["cache"] == {**cache, "reused": True} and cache["code"]["same"]
     assert reused["mlm"]["after"] == results["mlm"]["after"]
     # another setting that affects the adaptation is another entry
     other = run_classification(mlm_run(assets, tmp_path, encoding="t5", mlm_steps=2, output_dir=str(tmp_path / "c")))
     assert other["mlm"]["cache"]["hash"] != cache["hash"] and other["mlm"]["cache"]["reused"] is False
+
+
+def test_an_entry_made_by_other_code_is_reused_with_a_warning(tmp_path, monkeypatch):
+    from hf_posenc.recipes import adaptation
+
+    monkeypatch.setenv("HF_POSENC_CACHE", str(tmp_path / "cache"))
+    state = {"weight": torch.arange(4.0)}
+    computed, messages = [], []
+
+    def compute():
+        computed.append(1)
+        return state, {"after": {"32": {"mlm_loss": 1.0}}}
+
+    key = {"encoding": "t5", "seed": 0}
+    monkeypatch.setattr(adaptation, "code_digest", lambda: "a" * 64)
+    adaptation.cached_adaptation(key, compute, messages.append)
+    found, results = adaptation.cached_adaptation(key, compute, messages.append)
+    assert len(computed) == 1 and torch.equal(found["weight"], state["weight"]) and results["cache"]["code"]["same"]
+    assert not any("warning" in m for m in messages)
+    monkeypatch.setattr(adaptation, "code_digest", lambda: "b" * 64)  # the adaptation code changed since
+    found, results = adaptation.cached_adaptation(key, compute, messages.append)
+    assert len(computed) == 1 and results["cache"]["code"] == {"entry": "a" * 64, "current": "b" * 64, "same": False}
+    assert "was made by code aaaaaaaaaaaa, not the current adaptation code (bbbbbbbbbbbb)" in messages[-1]
+    (Path(results["cache"]["folder"]) / "code.json").unlink()  # an entry from before entries recorded their code
+    manifest = Path(results["cache"]["folder"]) / "manifest.json"
+    files = json.loads(manifest.read_text())["files"]
+    manifest.write_text(json.dumps({"files": {k: v for k, v in files.items() if k != "code.json"}}))
+    _, results = adaptation.cached_adaptation(key, compute, messages.append)
+    assert len(computed) == 1 and results["cache"]["code"]["entry"] is None
+    assert "made by a version that did not record its code" in messages[-1]
+
+
+def test_code_digest_follows_the_adaptation_sources():
+    from hf_posenc.recipes import adaptation
+
+    first = adaptation.code_digest()
+    assert len(first) == 64 and adaptation.code_digest() == first  # read once per process
+    sources = {p for pattern in adaptation.ADAPTATION_SOURCES for p in adaptation.PACKAGE_ROOT.glob(pattern)}
+    names = {p.relative_to(adaptation.PACKAGE_ROOT).as_posix() for p in sources}
+    assert {"patching.py", "encodings/relative.py", "recipes/mlm.py", "recipes/training.py"} <= names
+    assert "recipes/stats.py" not in names  # reporting code does not make an adaptation stale
 
 
 def test_an_incomplete_cache_entry_is_recomputed(assets, tmp_path, capsys):

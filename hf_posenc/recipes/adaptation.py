@@ -5,7 +5,9 @@ encoder positions up to a target length while reading only short windows, before
 task seed, so the recipes cache the adapted encoder under the package cache (`$HF_POSENC_CACHE/adapted/<hash>`), keyed
 by a hash of every setting that affects it (`adaptation_key`), and later runs reuse it. An entry is written into a
 temporary folder and renamed into place only when complete, with a manifest of its files' sizes and hashes that a
-reader checks; an incomplete or corrupted entry is recomputed.
+reader checks; an incomplete or corrupted entry is recomputed. The key holds settings, not code: an entry also records
+a digest of the code the adaptation runs (`code_digest`), and reusing one made by other code says so (the MLM
+results' `cache.code`; delete the entry, or run with `mlm_cache=False`, to adapt anew).
 
 `adapt` is the same adaptation for any model and list of texts, outside the recipes' settings; `hf-posenc adapt`
 is its command line.
@@ -13,6 +15,7 @@ is its command line.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +37,7 @@ __all__ = [
     "HEAD_WARMUP_FIELDS",
     "adaptation_key",
     "cached_adaptation",
+    "code_digest",
     "file_digest",
 ]
 
@@ -70,6 +74,22 @@ existed (no warm-up) keep their entries."""
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.safetensors"
 RESULTS_FILE = "mlm_results.json"
+CODE_FILE = "code.json"
+
+ADAPTATION_SOURCES = ("*.py", "encodings/*.py", "recipes/mlm.py", "recipes/methods.py", "recipes/training.py")
+"""The package sources an adaptation runs (globs under the package folder): the core (encodings, patching, the
+attention backend, augmentation) and the recipes' masked-LM training."""
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A sha256 over the `ADAPTATION_SOURCES` files' names and bytes: changes when the code an adaptation runs does."""
+    digest = hashlib.sha256()
+    for path in sorted({p for pattern in ADAPTATION_SOURCES for p in PACKAGE_ROOT.glob(pattern)}):
+        digest.update(f"{path.relative_to(PACKAGE_ROOT).as_posix()}:{file_digest(path)};".encode())
+    return digest.hexdigest()
 
 
 def file_digest(path: Path) -> str:
@@ -136,6 +156,7 @@ def _write_entry(folder: Path, key: dict, state: dict[str, torch.Tensor], result
         save_file({k: v.contiguous() for k, v in state.items()}, staging / ENCODER_FILE)
         (staging / RESULTS_FILE).write_text(json.dumps(results, default=str))
         (staging / "settings.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+        (staging / CODE_FILE).write_text(json.dumps({"digest": code_digest(), "sources": list(ADAPTATION_SOURCES)}))
         files = {p.name: (p.stat().st_size, file_digest(p)) for p in sorted(staging.iterdir())}
         (staging / MANIFEST).write_text(json.dumps({"files": files}))  # written last: marks the entry complete
         if folder.exists():  # an incomplete entry left by a killed writer
@@ -166,10 +187,28 @@ def cached_adaptation(
     if found is not None:
         log(f"reusing adapted checkpoint {digest} ({folder})")
         state, results = found
-        return state, {**results, "cache": {"hash": digest, "reused": True, "folder": str(folder)}}
+        code = {"entry": _entry_code(folder), "current": code_digest()}
+        code["same"] = code["entry"] == code["current"]
+        if not code["same"]:
+            made_by = f"code {code['entry'][:12]}" if code["entry"] else "a version that did not record its code"
+            log(
+                f"warning: adapted checkpoint {digest} was made by {made_by}, not the current adaptation code "
+                f"({code['current'][:12]}); its settings match. Delete {folder} (or set mlm_cache=False) to adapt "
+                "anew."
+            )
+        return state, {**results, "cache": {"hash": digest, "reused": True, "folder": str(folder), "code": code}}
     state, results = compute()
     _write_entry(folder, key, state, results)
-    return state, {**results, "cache": {"hash": digest, "reused": False, "folder": str(folder)}}
+    code = {"entry": code_digest(), "current": code_digest(), "same": True}
+    return state, {**results, "cache": {"hash": digest, "reused": False, "folder": str(folder), "code": code}}
+
+
+def _entry_code(folder: Path) -> str | None:
+    """The code digest an entry recorded (None for entries written before entries recorded it)."""
+    try:
+        return json.loads((folder / CODE_FILE).read_text())["digest"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
