@@ -897,9 +897,12 @@ def markdown_interval_table(
     lengths = _lengths(table)
     lines = _header(f"{metric} [95% CI]", lengths, train_length)
     for variant, by_length in table.items():
-        cells = [format_interval(by_length[n], digits, bound_digits) if n in by_length else "" for n in lengths]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant} | " + " | ".join(_interval_cells(by_length, lengths, digits, bound_digits)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _interval_cells(by_length: Mapping[int, Interval], lengths: list[int], digits: int, bound_digits: int) -> list:
+    return [format_interval(by_length[n], digits, bound_digits) if n in by_length else "" for n in lengths]
 
 
 def markdown_difference_table(
@@ -969,7 +972,7 @@ def markdown_glance_table(
     lines[0] = lines[0][:-1] + f"| {longest} - baseline |"
     lines[1] += "---|"
     for variant, by_length in intervals.items():
-        cells = [format_interval(by_length[n], digits, bound_digits) if n in by_length else "" for n in lengths]
+        cells = _interval_cells(by_length, lengths, digits, bound_digits)
         found = differences.get(variant, {}).get(longest)
         cells.append(format_difference(found, digits, bound_digits) if found is not None else "")
         name = f"{variant} (baseline)" if variant == baseline else variant
