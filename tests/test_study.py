@@ -488,3 +488,33 @@ def test_interim_tables_of_a_stopped_sweep_hold_its_finished_runs_and_train_noth
     assert again["summary"].keys() == summary["summary"].keys() and len(runner.calls) == calls
     assert study.main(["--config", str(config), "--output_dir", str(tmp_path / "empty"), "--finished_only"]) == []
     assert "no interim table yet" in capsys.readouterr().out
+
+
+def test_driver_never_commits_tables_over_fewer_runs_than_the_committed_ones(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("run_study_tool", ROOT / "tools" / "run_study.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    repo = tmp_path / "repo"
+    sweep = repo / "study" / "pang_lee"
+    sweep.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "t")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "t@example.org")
+    monkeypatch.setattr(driver, "ROOT", repo)
+    results, table = sweep / "results.json", sweep / "results.md"
+    files = [results, table, sweep / "results.png"]  # the plot was never made: not tracked, not restored
+    assert driver.keeps_committed_tables(results, files) is False  # nothing committed yet
+    results.write_text(json.dumps({"runs": [{"seed": 0}, {"seed": 1}]}))
+    table.write_text("two seeds")
+    driver.commit(files, "tables over two seeds")
+    results.write_text(json.dumps({"runs": [{"seed": 0}]}))  # a restarted driver renders seed 0 alone first
+    table.write_text("one seed")
+    assert driver.keeps_committed_tables(results, files) is True
+    assert json.loads(results.read_text())["runs"] == [{"seed": 0}, {"seed": 1}] and table.read_text() == "two seeds"
+    assert "kept the committed tables of pang_lee (2 runs; this render had 1)" in capsys.readouterr().out
+    results.write_text(json.dumps({"runs": [{"seed": 0}, {"seed": 1}, {"seed": 2}]}))
+    assert driver.keeps_committed_tables(results, files) is False  # more runs: committed as usual
+    assert len(json.loads(results.read_text())["runs"]) == 3

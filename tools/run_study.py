@@ -45,6 +45,31 @@ def commit(paths: list[Path], message: str, attempts: int = 5) -> None:
     print(f"not committed (commit by hand): {message}", flush=True)
 
 
+def committed_run_count(results: Path) -> int | None:
+    """How many runs the committed (HEAD) version of a sweep's results.json holds; None when none is committed."""
+    relative = results.resolve().relative_to(ROOT.resolve())
+    shown = subprocess.run(["git", "show", f"HEAD:{relative.as_posix()}"], cwd=ROOT, capture_output=True, text=True)
+    return len(json.loads(shown.stdout).get("runs", [])) if shown.returncode == 0 else None
+
+
+def keeps_committed_tables(results: Path, files: list[Path]) -> bool:
+    """Restore the committed tables when the fresh render holds fewer runs than they do, and say so.
+
+    A restarted driver renders each finished seed in turn (seed 0 alone first); committing that would replace
+    tables over more seeds with tables over fewer until the last finished seed is rendered again.
+    """
+    committed = committed_run_count(results)
+    fresh = len(json.loads(results.read_text()).get("runs", [])) if results.exists() else 0
+    if committed is None or fresh >= committed:
+        return False
+    tracked = [str(f.resolve().relative_to(ROOT.resolve())) for f in files]
+    listed = subprocess.run(["git", "ls-files", "--", *tracked], cwd=ROOT, capture_output=True, text=True)
+    subprocess.run(["git", "checkout", "HEAD", "--", *listed.stdout.split()], cwd=ROOT, check=True)
+    kept = f"kept the committed tables of {results.parent.name} ({committed} runs; this render had {fresh})"
+    print(kept, flush=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "recipes/configs/study_v2_full.json"), help="study/sweep JSON")
@@ -69,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
             folder = Path(sweep.output_dir)
             names = ("results.json", "results.md", "results.png", "results_differences.png", "results_long.png")
             files = [folder / n for n in (*names, "results_long_differences.png")]
+            if keeps_committed_tables(folder / "results.json", files):
+                continue
             commit(files, f"{name}: tables of {folder.name} updated")
 
     run_study(sweeps, on_run_finished=finished, on_seed_finished=rendered)
