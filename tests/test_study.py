@@ -518,3 +518,53 @@ def test_driver_never_commits_tables_over_fewer_runs_than_the_committed_ones(tmp
     results.write_text(json.dumps({"runs": [{"seed": 0}, {"seed": 1}, {"seed": 2}]}))
     assert driver.keeps_committed_tables(results, files) is False  # more runs: committed as usual
     assert len(json.loads(results.read_text())["runs"]) == 3
+
+
+def test_head_to_head_comparisons_have_their_known_values_and_names_are_checked_first(assets, tmp_path):
+    comparisons = [
+        {"row": "wrong", "reference": "copy"},
+        {"row": "TF-IDF+LR (train full)", "reference": "wrong"},
+    ]
+    values = sweep_dict(assets, tmp_path / "sweep", comparisons=comparisons)
+    summary = run_sweep(SweepConfig.from_dict(values), runner=FakeRunner())
+    found = summary["analysis"]["all"]["comparisons"]["accuracy"]
+    assert list(found) == ["wrong minus copy", "TF-IDF+LR (train full) minus wrong"]
+    wrong = found["wrong minus copy"]["64"]
+    assert wrong["estimate"] == wrong["low"] == wrong["high"] == -1.0 and wrong["paired_seeds"]
+    # "wrong" is never right: the TF-IDF row minus it is the TF-IDF row's own accuracy.
+    tfidf = summary["baseline"]["TF-IDF+LR (train full)"]["16"]["accuracy"]
+    assert found["TF-IDF+LR (train full) minus wrong"]["16"]["estimate"] == pytest.approx(tfidf, abs=1e-4)
+    assert set(summary["analysis"]["over 80 tokens"]["comparisons"]["accuracy"]) == set(found)
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    head = table.index("## Head to head (20 test documents)")
+    assert table.index("## At a glance") < head < table.index("| accuracy | 16 |")
+    assert "| accuracy - reference | 16 | 64 |" in table[head:]
+    assert "| wrong minus copy | -1.000 [-1.00, -1.00] * | -1.000 [-1.00, -1.00] * |" in table[head:]
+    # Names are checked against the sweep's rows before anything runs; the message lists the rows.
+    runner = FakeRunner()
+    unknown = SweepConfig.from_dict(
+        {**values, "output_dir": str(tmp_path / "other"), "comparisons": [{"row": "wrong", "reference": "chunked"}]}
+    )
+    with pytest.raises(ValueError, match=r"lacks: \['chunked'\]. Rows: \['TF-IDF\+LR \(train @32\)'"):
+        run_sweep(unknown, runner=runner)
+    assert runner.calls == []
+    for bad, error in (
+        ({"row": "wrong"}, ValueError),
+        ({"row": "wrong", "reference": "copy", "metric": "macro_f1"}, ValueError),
+        ({"row": "wrong", "reference": "wrong"}, ValueError),
+        ({"row": "wrong", "reference": 3}, TypeError),
+        ("wrong minus copy", ValueError),
+    ):
+        with pytest.raises(error, match="comparison"):
+            SweepConfig.from_dict({**values, "comparisons": [bad]})
+
+
+def test_interim_tables_keep_only_the_comparisons_of_finished_rows(assets, tmp_path):
+    from hf_posenc.recipes.sweep import finished_sweep
+
+    comparisons = [{"row": "wrong", "reference": "perfect"}, {"row": "half", "reference": "wrong"}]
+    values = sweep_dict(assets, tmp_path / "sweep", variants=("perfect", "wrong", "half"), comparisons=comparisons)
+    stopped = SweepConfig.from_dict({**values, "variants": values["variants"][:2], "comparisons": comparisons[:1]})
+    run_sweep(stopped, runner=FakeRunner())  # "half" has not run
+    interim = finished_sweep(SweepConfig.from_dict(values))
+    assert interim.comparisons == comparisons[:1]

@@ -409,6 +409,11 @@ class SweepConfig(Settings):
     resume: bool = _option(False, "reuse finished runs found under output_dir/runs (printed per run); unset: refuse")
     baseline_variant: str = _option("", "the row every variant is compared with (paired bootstrap); unset: the first")
     long_documents: int = _option(0, "also report test documents longer than this many tokens alone (0: no subset)")
+    comparisons: list[JsonDict] = _option(
+        [],
+        'head-to-head rows besides the baseline\'s: JSON objects {"row": ..., "reference": ...}, each row minus '
+        "its reference, paired over documents and seeds (rows: variant labels or TF-IDF rows)",
+    )
     n_resamples: int = _option(10000, "bootstrap replicates of each interval and difference")
 
     @classmethod
@@ -424,6 +429,8 @@ class SweepConfig(Settings):
             raise ValueError(
                 f"long_documents must be >= 0 and n_resamples >= 1, got {sweep.long_documents}, {sweep.n_resamples}."
             )
+        for comparison in sweep.comparisons:
+            _check_comparison(comparison)
         sweep.runs()  # validates every key of every run before anything runs
         return sweep
 
@@ -439,6 +446,21 @@ class SweepConfig(Settings):
                 run.output_dir = str(Path(self.output_dir) / "runs" / f"{slug(run.variant)}_seed{seed}")
                 runs.append(run)
         return runs
+
+
+COMPARISON_KEYS = ("row", "reference")
+
+
+def _check_comparison(comparison: Any) -> None:
+    """A head-to-head comparison is `{"row": name, "reference": name}`: two different row names."""
+    if not isinstance(comparison, dict) or sorted(comparison) != sorted(COMPARISON_KEYS):
+        raise ValueError(
+            f"A comparison is a JSON object with exactly the keys {list(COMPARISON_KEYS)}, got {comparison!r}."
+        )
+    if not all(isinstance(comparison[key], str) and comparison[key] for key in COMPARISON_KEYS):
+        raise TypeError(f"A comparison's row and reference are row names (non-empty strings), got {comparison!r}.")
+    if comparison["row"] == comparison["reference"]:
+        raise ValueError(f"A comparison needs two different rows, got {comparison['row']!r} twice.")
 
 
 def slug(text: str) -> str:

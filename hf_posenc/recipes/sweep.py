@@ -132,6 +132,11 @@ def evaluation_documents(run: RunConfig, tokenizer) -> dict[str, list[int]]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def tfidf_rows(train_length: int) -> tuple[str, str]:
+    """The names of the two TF-IDF rows: trained on full texts, and on texts cut at the training length."""
+    return "TF-IDF+LR (train full)", f"TF-IDF+LR (train @{train_length})"
+
+
 def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, Any]]]:
     """TF-IDF 1-2-grams + logistic regression on the run's split, test documents truncated at each length.
 
@@ -153,10 +158,8 @@ def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, A
         return [tokenizer.decode(i[:room]) for i in ids]
 
     rows = {}
-    for name, texts in (
-        ("TF-IDF+LR (train full)", train_texts),
-        (f"TF-IDF+LR (train @{run.train_length})", truncate(train_texts, run.train_length)),
-    ):
+    full_row, short_row = tfidf_rows(run.train_length)
+    for name, texts in ((full_row, train_texts), (short_row, truncate(train_texts, run.train_length))):
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
         classifier = LogisticRegression(max_iter=2000, C=10.0)
         classifier.fit(vectorizer.fit_transform(texts), list(train["label"]))
@@ -264,9 +267,33 @@ def analyse(summary: dict, sweep: SweepConfig) -> dict:
             if baseline_row in table:
                 differences = stats.difference_table(table, baseline_row, metric=metric, seeds=seeds, **options)
                 entry["differences"][metric] = _to_json(differences)
+            if sweep.comparisons:
+                entry.setdefault("comparisons", {})[metric] = _to_json(
+                    head_to_head(table, sweep.comparisons, metric=metric, seeds=seeds, **options)
+                )
         entry["baseline_row"] = baseline_row if baseline_row in table else None
         analysis[subset] = entry
     return analysis
+
+
+def head_to_head(
+    table: dict, comparisons: list[dict], *, metric: str, seeds: dict, **options: Any
+) -> dict[str, dict[int, stats.Difference]]:
+    """Each comparison's row minus its reference (`stats.difference_table` on the two rows), labelled
+    "row minus reference"; a comparison with a row that stored no predictions is left out."""
+    found = {}
+    for comparison in comparisons:
+        row, reference = comparison["row"], comparison["reference"]
+        if row in table and reference in table:
+            pair = {reference: table[reference], row: table[row]}
+            differences = stats.difference_table(pair, reference, metric=metric, seeds=seeds, **options)
+            found[comparison_label(comparison)] = differences[row]
+    return found
+
+
+def comparison_label(comparison: dict) -> str:
+    """How a head-to-head row is named in tables: "row minus reference"."""
+    return f"{comparison['row']} minus {comparison['reference']}"
 
 
 def _to_json(table: dict) -> dict:
@@ -355,6 +382,7 @@ def run_sweep(
             f"baseline_variant {sweep.baseline_variant!r} is not a variant of the sweep: "
             f"{sorted({run.variant for run in runs})}."
         )
+    _check_comparison_rows(sweep, runs)
     _refuse_finished(runs, sweep.resume)
     if sweep.kind == "classification":
         _check_all_lengths(runs)
@@ -389,6 +417,19 @@ def run_sweep(
     summary["timings"] = {"total_seconds": round(time.perf_counter() - started, 1)}
     render(summary, Path(sweep.output_dir))
     return summary
+
+
+def _check_comparison_rows(sweep: SweepConfig, runs: list) -> None:
+    """Every head-to-head comparison names rows the sweep makes (its variants, and TF-IDF rows when it has them)."""
+    rows = {run.variant for run in runs}
+    if sweep.kind == "classification" and sweep.baseline:
+        rows.update(tfidf_rows(runs[0].train_length))
+    for comparison in sweep.comparisons:
+        unknown = [comparison[key] for key in ("row", "reference") if comparison[key] not in rows]
+        if unknown:
+            raise ValueError(
+                f"The comparison {comparison} names rows the sweep lacks: {unknown}. Rows: {sorted(rows)}."
+            )
 
 
 def finished_sweep(sweep: SweepConfig) -> SweepConfig:
@@ -426,9 +467,12 @@ def finished_sweep(sweep: SweepConfig) -> SweepConfig:
     note = f"Interim tables: {len(kept)} of {len(labels)} rows, seeds {seeds} of {sweep.seeds}" + (
         f"; not finished yet: {', '.join(missing)}." if missing else "."
     )
+    unfinished = set(missing)
+    comparisons = [c for c in sweep.comparisons if not unfinished & {c["row"], c["reference"]}]
     return dataclasses.replace(
         sweep,
         variants=[sweep.variants[i] for i in kept],
+        comparisons=comparisons,
         seeds=seeds,
         resume=True,
         description=f"{note}\n\n{sweep.description}" if sweep.description else note,
@@ -603,6 +647,7 @@ def sweep_markdown(summary: dict, lengths: list[int], metric: str) -> str:
                         differences, entry["baseline_row"], metric=name, train_length=train_length
                     )
                 )
+            text.append(_head_to_head_markdown(entry, name, train_length))
     text.append("Seconds per run (train + evaluate): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".\n")
     text.append(f"Environment: `{json.dumps(summary['environment'])}`\n")
     return "\n".join(t for t in text if t)
@@ -620,7 +665,19 @@ def _glance(summary: dict, metric: str, train_length: int) -> str:
         metric=metric,
         train_length=train_length,
     )
-    return f"## At a glance ({entry['n_docs']} test documents)\n\n{table}"
+    glance = f"## At a glance ({entry['n_docs']} test documents)\n\n{table}"
+    head_to_head = _head_to_head_markdown(entry, metric, train_length)
+    return glance + (f"\n## Head to head ({entry['n_docs']} test documents)\n\n{head_to_head}" if head_to_head else "")
+
+
+def _head_to_head_markdown(entry: dict, metric: str, train_length: int) -> str:
+    """The table of the sweep's head-to-head comparisons (each row minus its reference), "" without any."""
+    comparisons = (entry.get("comparisons") or {}).get(metric)
+    if not comparisons:
+        return ""
+    return stats.markdown_difference_table(
+        _differences(comparisons), "reference", metric=metric, train_length=train_length
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
