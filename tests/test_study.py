@@ -568,3 +568,60 @@ def test_interim_tables_keep_only_the_comparisons_of_finished_rows(assets, tmp_p
     run_sweep(stopped, runner=FakeRunner())  # "half" has not run
     interim = finished_sweep(SweepConfig.from_dict(values))
     assert interim.comparisons == comparisons[:1]
+
+
+def test_tfidf_on_random_windows_reads_the_windows_the_fine_tune_reads(assets):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoTokenizer
+
+    from hf_posenc.recipes.methods import RandomWindows
+    from hf_posenc.recipes.sweep import tfidf_baseline, tfidf_rows
+
+    run = RunConfig.from_dict(
+        {"model": str(assets["bert"]), "dataset": str(assets["reviews"]), "train_length": 32, "eval_lengths": [16, 64]}
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(assets["bert"]))
+    rows = tfidf_baseline(run, tokenizer, windows=[2, 1])
+    name = "TF-IDF+LR (train 2 random 32-token windows)"
+    assert list(rows) == list(tfidf_rows(32, [2, 1])) and list(rows)[2] == name and tfidf_rows(32) == tuple(rows)[:2]
+    # By hand: the windows RandomWindows draws for the run's seed in epoch 0 (30 tokens: [CLS] and [SEP] apart).
+    train, test = classification_splits(run)
+    ids = tokenizer(list(train["text"]), add_special_tokens=False)["input_ids"]
+    drawn = RandomWindows([{"ids": i, "label": y} for i, y in zip(ids, train["label"])], 30, 2, run.seed)
+    texts = [tokenizer.decode(drawn[i]["ids"]) for i in range(len(drawn))]
+    assert sum(len(i) > 30 for i in ids) > 10  # most fixture reviews are longer than a window
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    classifier = LogisticRegression(max_iter=2000, C=10.0).fit(
+        vectorizer.fit_transform(texts), [drawn[i]["label"] for i in range(len(drawn))]
+    )
+    expected = classifier.predict(vectorizer.transform(list(test["text"])))
+    assert rows[name]["full"]["predictions"] == [int(x) for x in expected]
+    # Windows as long as every review are the whole reviews: one window per review is the @L row's training text.
+    whole = RunConfig.from_dict({**run.to_dict(), "train_length": 512, "eval_lengths": [512]})
+    rows = tfidf_baseline(whole, tokenizer, windows=[1])
+    assert rows["TF-IDF+LR (train 1 random 512-token windows)"] == rows["TF-IDF+LR (train @512)"]
+    for bad in ([0], [2, -1], ["2"], [True]):
+        with pytest.raises(ValueError, match="tfidf_windows holds window counts >= 1"):
+            SweepConfig.from_dict({"variants": [{"encoding": "alibi"}], "tfidf_windows": bad})
+
+
+def test_a_dataset_of_a_study_may_skip_shared_variants_and_their_comparisons(assets, tmp_path):
+    comparisons = [{"row": "half", "reference": "perfect"}, {"row": "wrong", "reference": "perfect"}]
+    values = sweep_dict(assets, tmp_path, variants=("perfect", "wrong", "half"), seeds=(0,), comparisons=comparisons)
+    values.pop("output_dir")
+    datasets = {"a": {"dataset": str(assets["reviews"])}, "b": {"dataset": str(assets["other"])}}
+    study = {"name": "tiny", "output_dir": str(tmp_path / "study"), "sweep": values, "datasets": datasets}
+    datasets["b"]["skip_variants"] = ["half"]
+    first, second = study_sweeps(study)
+    assert [v["label"] for v in first.variants] == ["perfect", "wrong", "half"] and first.comparisons == comparisons
+    assert [v["label"] for v in second.variants] == ["perfect", "wrong"] and second.comparisons == comparisons[1:]
+    runner = FakeRunner()
+    run_study([first, second], runner=runner)
+    assert sorted(runner.calls) == [("half", 0), ("perfect", 0), ("perfect", 0), ("wrong", 0), ("wrong", 0)]
+    datasets["b"]["skip_variants"] = ["halve"]
+    with pytest.raises(ValueError, match=r"skip_variants of 'b' names no variant of the study: \['halve'\]"):
+        study_sweeps(study)
+    datasets["b"]["skip_variants"] = "half"
+    with pytest.raises(TypeError, match="is a list of variant labels"):
+        study_sweeps(study)

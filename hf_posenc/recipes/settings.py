@@ -414,6 +414,11 @@ class SweepConfig(Settings):
         'head-to-head rows besides the baseline\'s: JSON objects {"row": ..., "reference": ...}, each row minus '
         "its reference, paired over documents and seeds (rows: variant labels or TF-IDF rows)",
     )
+    tfidf_windows: list[int] = _option(
+        [],
+        "also train TF-IDF + LR on this many random training-length windows of each training text, one row per "
+        "count (the text a model fine-tuned on that many random windows reads)",
+    )
     n_resamples: int = _option(10000, "bootstrap replicates of each interval and difference")
 
     @classmethod
@@ -429,6 +434,8 @@ class SweepConfig(Settings):
             raise ValueError(
                 f"long_documents must be >= 0 and n_resamples >= 1, got {sweep.long_documents}, {sweep.n_resamples}."
             )
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sweep.tfidf_windows):
+            raise ValueError(f"tfidf_windows holds window counts >= 1, got {sweep.tfidf_windows}.")
         for comparison in sweep.comparisons:
             _check_comparison(comparison)
         sweep.runs()  # validates every key of every run before anything runs

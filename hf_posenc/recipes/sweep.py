@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from .classification import (
     run_classification,
 )
 from .data import resolve_checkpoint, special_tokens
+from .methods import RandomWindows
 from .results import (
     aggregate,
     environment,
@@ -132,17 +133,23 @@ def evaluation_documents(run: RunConfig, tokenizer) -> dict[str, list[int]]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def tfidf_rows(train_length: int) -> tuple[str, str]:
-    """The names of the two TF-IDF rows: trained on full texts, and on texts cut at the training length."""
-    return "TF-IDF+LR (train full)", f"TF-IDF+LR (train @{train_length})"
+def tfidf_rows(train_length: int, windows: Sequence[int] = ()) -> tuple[str, ...]:
+    """The names of the TF-IDF rows: trained on full texts, on texts cut at the training length, and for each count
+    in `windows` on that many random training-length windows of each text."""
+    rows = ("TF-IDF+LR (train full)", f"TF-IDF+LR (train @{train_length})")
+    return rows + tuple(f"TF-IDF+LR (train {n} random {train_length}-token windows)" for n in windows)
 
 
-def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, Any]]]:
+def tfidf_baseline(run: RunConfig, tokenizer, windows: Sequence[int] = ()) -> dict[str, dict[str, dict[str, Any]]]:
     """TF-IDF 1-2-grams + logistic regression on the run's split, test documents truncated at each length.
 
-    Two rows: trained on full training texts, and trained on texts truncated at the training length (what the
-    fine-tuned models saw). Truncation uses the model's tokenizer, so "512" means the same text for both. Each cell has
-    the scores and `"predictions"`: the predicted label of every test document, in test-split order (for intervals).
+    Rows: trained on full training texts, and trained on texts truncated at the training length (what the
+    fine-tuned models saw); for each count in `windows`, also trained on that many random training-length windows of
+    each text,
+    drawn as `train_windows="random"` draws them for the run's seed in its first epoch (the text a model fine-tuned
+    on random windows reads), which separates what the training text holds from what the model makes of it.
+    Truncation uses the model's tokenizer, so "512" means the same text for both. Each cell has the scores and
+    `"predictions"`: the predicted label of every test document, in test-split order (for intervals).
     """
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -151,18 +158,32 @@ def tfidf_baseline(run: RunConfig, tokenizer) -> dict[str, dict[str, dict[str, A
         raise ImportError("The TF-IDF baseline needs scikit-learn: pip install scikit-learn") from error
     train, test = classification_splits(run)
     train_texts, test_texts, test_labels = list(train["text"]), list(test["text"]), list(test["label"])
+    room = run.train_length - sum(len(t) for t in special_tokens(tokenizer))
 
     def truncate(texts: list[str], length: int) -> list[str]:
-        room = length - sum(len(t) for t in special_tokens(tokenizer))
+        length_room = length - sum(len(t) for t in special_tokens(tokenizer))
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [tokenizer.decode(i[:room]) for i in ids]
+        return [tokenizer.decode(i[:length_room]) for i in ids]
 
+    names = tfidf_rows(run.train_length, windows)
+    training = {
+        names[0]: (train_texts, list(train["label"])),
+        names[1]: (truncate(train_texts, run.train_length), list(train["label"])),
+    }
+    if windows:
+        documents = [
+            {"ids": ids, "label": label}
+            for ids, label in zip(tokenizer(train_texts, add_special_tokens=False)["input_ids"], train["label"])
+        ]
+    for name, count in zip(names[2:], windows):
+        drawn = RandomWindows(documents, room, count, run.seed)
+        items = [drawn[i] for i in range(len(drawn))]
+        training[name] = ([tokenizer.decode(item["ids"]) for item in items], [item["label"] for item in items])
     rows = {}
-    full_row, short_row = tfidf_rows(run.train_length)
-    for name, texts in ((full_row, train_texts), (short_row, truncate(train_texts, run.train_length))):
+    for name, (texts, labels) in training.items():
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
         classifier = LogisticRegression(max_iter=2000, C=10.0)
-        classifier.fit(vectorizer.fit_transform(texts), list(train["label"]))
+        classifier.fit(vectorizer.fit_transform(texts), labels)
         rows[name] = {}
         for length in [*run.eval_lengths, "full"]:
             inputs = test_texts if length == "full" else truncate(test_texts, length)
@@ -400,7 +421,7 @@ def run_sweep(
         documents = evaluation_documents(runs[0], tokenizer)
         documents["length_distribution"] = length_distribution(documents["n_tokens"])
         if sweep.baseline:
-            baseline = tfidf_baseline(runs[0], tokenizer)
+            baseline = tfidf_baseline(runs[0], tokenizer, sweep.tfidf_windows)
     keep = ("variant", "config", "metrics", "train", "mlm", "patch_spec", "timings", "data", "note", "environment")
     keep += ("base_model", "dataset_info")  # each run's provenance, for model cards made from a sweep
     keep += ("predictions",)  # per-document predictions: intervals, paired differences, reference comparisons
@@ -423,7 +444,7 @@ def _check_comparison_rows(sweep: SweepConfig, runs: list) -> None:
     """Every head-to-head comparison names rows the sweep makes (its variants, and TF-IDF rows when it has them)."""
     rows = {run.variant for run in runs}
     if sweep.kind == "classification" and sweep.baseline:
-        rows.update(tfidf_rows(runs[0].train_length))
+        rows.update(tfidf_rows(runs[0].train_length, sweep.tfidf_windows))
     for comparison in sweep.comparisons:
         unknown = [comparison[key] for key in ("row", "reference") if comparison[key] not in rows]
         if unknown:
@@ -689,8 +710,9 @@ def study_sweeps(study: dict, overrides: dict | None = None) -> list[SweepConfig
     """The sweeps of a study file, or the one sweep of a sweep file, with `overrides` (SweepConfig fields) applied.
 
     A study file is `{"name", "description", "output_dir", "sweep": {SweepConfig fields shared by all},
-    "datasets": {"<name>": {run fields for that dataset, e.g. {"dataset": "20newsgroups"}, and sweep fields such
-    as long_documents}}}`; each dataset's sweep writes under `output_dir/<name>`. Anything else is one `SweepConfig`.
+    "datasets": {"<name>": {run fields for that dataset, e.g. {"dataset": "20newsgroups"}, sweep fields such
+    as long_documents, and "skip_variants": [labels of shared variants this dataset does not run]}}}`; each dataset's
+    sweep writes under `output_dir/<name>`. Anything else is one `SweepConfig`.
     """
     overrides = dict(overrides or {})
     if "datasets" not in study:
@@ -707,13 +729,33 @@ def study_sweeps(study: dict, overrides: dict | None = None) -> list[SweepConfig
     sweep_fields = set(SweepConfig.field_names())
     for name, entry in study["datasets"].items():
         # A dataset entry holds run fields (its dataset, budget) and may set sweep fields (long_documents).
+        entry = dict(entry)
+        skipped = entry.pop("skip_variants", [])
         base = {k: v for k, v in entry.items() if k not in sweep_fields}
         values = {**shared, **{k: v for k, v in entry.items() if k in sweep_fields}}
+        if skipped:
+            values.update(_without_variants(SweepConfig.from_dict(values), skipped, name))
         values.update(base={**shared.get("base", {}), **base}, output_dir=str(root / slug(name)))
         values["name"] = f"{study.get('name', shared.get('name', 'study'))} ({name})"
         values.setdefault("description", study.get("description", ""))
         sweeps.append(SweepConfig.from_dict(values))
     return sweeps
+
+
+def _without_variants(sweep: SweepConfig, labels: list[str], dataset: str) -> dict[str, list[dict]]:
+    """The sweep's variants but those labelled `labels` (each must be one of them), and its comparisons but those that
+    name one of them, as SweepConfig fields."""
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise TypeError(f"skip_variants of {dataset!r} is a list of variant labels, got {labels!r}.")
+    runs = dataclasses.replace(sweep, seeds=sweep.seeds[:1]).runs()
+    known = [run.variant for run in runs]
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise ValueError(f"skip_variants of {dataset!r} names no variant of the study: {unknown}. Variants: {known}.")
+    return {
+        "variants": [variant for variant, run in zip(sweep.variants, runs) if run.variant not in labels],
+        "comparisons": [c for c in sweep.comparisons if not set(labels) & {c["row"], c["reference"]}],
+    }
 
 
 def run_study(
