@@ -171,14 +171,12 @@ def tfidf_baseline(run: RunConfig, tokenizer, windows: Sequence[int] = ()) -> di
         names[1]: (truncate(train_texts, run.train_length), list(train["label"])),
     }
     if windows:
-        documents = [
-            {"ids": ids, "label": label}
-            for ids, label in zip(tokenizer(train_texts, add_special_tokens=False)["input_ids"], train["label"])
-        ]
-    for name, count in zip(names[2:], windows):
-        drawn = RandomWindows(documents, room, count, run.seed)
-        items = [drawn[i] for i in range(len(drawn))]
-        training[name] = ([tokenizer.decode(item["ids"]) for item in items], [item["label"] for item in items])
+        ids = tokenizer(train_texts, add_special_tokens=False)["input_ids"]
+        documents = [{"ids": i, "label": label} for i, label in zip(ids, train["label"])]
+        for name, count in zip(names[2:], windows):
+            drawn = RandomWindows(documents, room, count, run.seed)  # epoch 0: the windows of the run's first epoch
+            items = [drawn[i] for i in range(len(drawn))]
+            training[name] = ([tokenizer.decode(item["ids"]) for item in items], [item["label"] for item in items])
     rows = {}
     for name, (texts, labels) in training.items():
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
