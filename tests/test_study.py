@@ -600,7 +600,7 @@ def test_tfidf_on_random_windows_reads_the_windows_the_fine_tune_reads(assets):
     # Windows as long as every review are the whole reviews: one window per review is the @L row's training text.
     whole = RunConfig.from_dict({**run.to_dict(), "train_length": 512, "eval_lengths": [512]})
     rows = tfidf_baseline(whole, tokenizer, windows=[1])
-    assert rows["TF-IDF+LR (train 1 random 512-token windows)"] == rows["TF-IDF+LR (train @512)"]
+    assert rows["TF-IDF+LR (train 1 random 512-token window)"] == rows["TF-IDF+LR (train @512)"]
     for bad in ([0], [2, -1], ["2"], [True]):
         with pytest.raises(ValueError, match="tfidf_windows holds window counts >= 1"):
             SweepConfig.from_dict({"variants": [{"encoding": "alibi"}], "tfidf_windows": bad})

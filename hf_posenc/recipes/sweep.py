@@ -137,7 +137,7 @@ def tfidf_rows(train_length: int, windows: Sequence[int] = ()) -> tuple[str, ...
     """The names of the TF-IDF rows: trained on full texts, on texts cut at the training length, and for each count
     in `windows` on that many random training-length windows of each text."""
     rows = ("TF-IDF+LR (train full)", f"TF-IDF+LR (train @{train_length})")
-    return rows + tuple(f"TF-IDF+LR (train {n} random {train_length}-token windows)" for n in windows)
+    return rows + tuple(f"TF-IDF+LR (train {n} random {train_length}-token window{'s' * (n > 1)})" for n in windows)
 
 
 def tfidf_baseline(run: RunConfig, tokenizer, windows: Sequence[int] = ()) -> dict[str, dict[str, dict[str, Any]]]:
