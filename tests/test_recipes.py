@@ -26,7 +26,7 @@ from hf_posenc import cli
 from hf_posenc.recipes.classification import classification_dataloaders, load_adapted_encoder, run_classification
 from hf_posenc.recipes.probes.run import ProbeConfig
 from hf_posenc.recipes.settings import RunConfig, Seq2SeqConfig, Settings, SweepConfig, TrainingSettings
-from hf_posenc.recipes.sweep import run_sweep, study_sweeps
+from hf_posenc.recipes.sweep import check_comparisons, run_sweep, study_sweeps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -397,6 +397,7 @@ def test_shipped_configs_are_valid():
             continue
         for sweep in study_sweeps(values):  # a sweep file, or a study of several datasets
             assert sweep.runs(), path
+            check_comparisons(sweep)  # every head-to-head row is a row of the sweep
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -71,6 +71,10 @@ __all__ = [
     "sweep_markdown",
     "evaluation_documents",
     "tfidf_baseline",
+    "tfidf_rows",
+    "check_comparisons",
+    "comparison_label",
+    "head_to_head",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -401,7 +405,7 @@ def run_sweep(
             f"baseline_variant {sweep.baseline_variant!r} is not a variant of the sweep: "
             f"{sorted({run.variant for run in runs})}."
         )
-    _check_comparison_rows(sweep, runs)
+    check_comparisons(sweep)
     _refuse_finished(runs, sweep.resume)
     if sweep.kind == "classification":
         _check_all_lengths(runs)
@@ -438,8 +442,10 @@ def run_sweep(
     return summary
 
 
-def _check_comparison_rows(sweep: SweepConfig, runs: list) -> None:
-    """Every head-to-head comparison names rows the sweep makes (its variants, and TF-IDF rows when it has them)."""
+def check_comparisons(sweep: SweepConfig) -> None:
+    """Raise a ValueError unless every head-to-head comparison names rows the sweep makes (its variants, and its
+    TF-IDF rows when it has them); the message lists the rows."""
+    runs = sweep.runs()
     rows = {run.variant for run in runs}
     if sweep.kind == "classification" and sweep.baseline:
         rows.update(tfidf_rows(runs[0].train_length, sweep.tfidf_windows))
