@@ -540,6 +540,8 @@ def test_head_to_head_comparisons_have_their_known_values_and_names_are_checked_
     assert table.index("## At a glance") < head < table.index("| accuracy | 16 |")
     assert "| accuracy - reference | 16 | 64 |" in table[head:]
     assert "| wrong minus copy | -1.000 [-1.00, -1.00] * | -1.000 [-1.00, -1.00] * |" in table[head:]
+    for name in ("results_head_to_head.png", "results_long_head_to_head.png"):
+        assert (tmp_path / "sweep" / name).read_bytes()[:4] == b"\x89PNG"
     # Names are checked against the sweep's rows before anything runs; the message lists the rows.
     runner = FakeRunner()
     unknown = SweepConfig.from_dict(

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         for sweep in done if not args.no_commit else []:
             folder = Path(sweep.output_dir)
             names = ("results.json", "results.md", "results.png", "results_differences.png", "results_long.png")
-            files = [folder / n for n in (*names, "results_long_differences.png")]
+            more = ("results_long_differences.png", "results_head_to_head.png", "results_long_head_to_head.png")
+            files = [folder / n for n in (*names, *more)]
             if keeps_committed_tables(folder / "results.json", files):
                 continue
             commit(files, f"{name}: tables of {folder.name} updated")

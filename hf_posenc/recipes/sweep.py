@@ -571,7 +571,8 @@ def render(summary: dict, folder: Path) -> None:
     With per-document predictions `results.png` shows each row's 95% interval against length in panels of a few rows
     with the baseline and TF-IDF rows in each (`stats.plot_interval_panels`), `results_differences.png` each row's
     paired difference to the baseline (`stats.plot_differences`), and `results_long*.png` the same for the
-    long-document subset; without predictions, one plot of the mean and spread over seeds.
+    long-document subset, and `results*_head_to_head.png` the sweep's head-to-head comparisons; without predictions,
+    one plot of the mean and spread over seeds.
     """
     sweep = SweepConfig.from_dict(summary["sweep"])
     base = sweep.runs()[0]
@@ -601,6 +602,15 @@ def render(summary: dict, folder: Path) -> None:
                     baseline=entry["baseline_row"],
                     metric=sweep.metric,
                     title=f"{title}{suffix}\n{sweep.metric} minus {entry['baseline_row']} (paired 95% intervals)",
+                )
+            comparisons = (entry.get("comparisons") or {}).get(sweep.metric)
+            if comparisons:
+                stats.plot_differences(
+                    _differences(comparisons),
+                    folder / f"{stem}_head_to_head.png",
+                    baseline="its reference",
+                    metric=sweep.metric,
+                    title=f"{title}{suffix}\nhead to head: {sweep.metric}, each row minus its reference (paired)",
                 )
         return
     plot(
