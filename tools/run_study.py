@@ -20,6 +20,10 @@ from pathlib import Path
 from hf_posenc.recipes.sweep import run_study, study_sweeps
 
 ROOT = Path(__file__).resolve().parent.parent
+TABLE_FILES = ("results.json", "results.md") + tuple(
+    f"results{subset}{plot}.png" for subset in ("", "_long") for plot in ("", "_differences", "_head_to_head")
+)
+"""What a sweep's render writes beside its runs: committed after each seed."""
 
 
 def commit(paths: list[Path], message: str, attempts: int = 5) -> None:
@@ -92,9 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     def rendered(done: list) -> None:
         for sweep in done if not args.no_commit else []:
             folder = Path(sweep.output_dir)
-            names = ("results.json", "results.md", "results.png", "results_differences.png", "results_long.png")
-            more = ("results_long_differences.png", "results_head_to_head.png", "results_long_head_to_head.png")
-            files = [folder / n for n in (*names, *more)]
+            files = [folder / n for n in TABLE_FILES]
             if keeps_committed_tables(folder / "results.json", files):
                 continue
             commit(files, f"{name}: tables of {folder.name} updated")

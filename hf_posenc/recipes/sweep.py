@@ -149,10 +149,9 @@ def tfidf_baseline(run: RunConfig, tokenizer, windows: Sequence[int] = ()) -> di
 
     Rows: trained on full training texts, and trained on texts truncated at the training length (what the
     fine-tuned models saw); for each count in `windows`, also trained on that many random training-length windows of
-    each text,
-    drawn as `train_windows="random"` draws them for the run's seed in its first epoch (the text a model fine-tuned
-    on random windows reads), which separates what the training text holds from what the model makes of it.
-    Truncation uses the model's tokenizer, so "512" means the same text for both. Each cell has the scores and
+    each text, drawn as `train_windows="random"` draws them for the run's seed in its first epoch (the text a model
+    fine-tuned on random windows reads), which separates what the training text holds from what the model makes of
+    it. Truncation uses the model's tokenizer, so "512" means the same text for both. Each cell has the scores and
     `"predictions"`: the predicted label of every test document, in test-split order (for intervals).
     """
     try:
@@ -161,37 +160,33 @@ def tfidf_baseline(run: RunConfig, tokenizer, windows: Sequence[int] = ()) -> di
     except ImportError as error:
         raise ImportError("The TF-IDF baseline needs scikit-learn: pip install scikit-learn") from error
     train, test = classification_splits(run)
-    train_texts, test_texts, test_labels = list(train["text"]), list(test["text"]), list(test["label"])
-    room = run.train_length - sum(len(t) for t in special_tokens(tokenizer))
+    train_texts, train_labels, test_labels = list(train["text"]), list(train["label"]), list(test["label"])
+    specials = sum(len(t) for t in special_tokens(tokenizer))
+    train_ids = tokenizer(train_texts, add_special_tokens=False)["input_ids"]
+    test_ids = tokenizer(list(test["text"]), add_special_tokens=False)["input_ids"]
 
-    def truncate(texts: list[str], length: int) -> list[str]:
-        length_room = length - sum(len(t) for t in special_tokens(tokenizer))
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [tokenizer.decode(i[:length_room]) for i in ids]
+    def truncate(ids: list[list[int]], length: int) -> list[str]:
+        return [tokenizer.decode(i[: length - specials]) for i in ids]
 
+    # Every row reads the same test inputs: cut once per length.
+    test_inputs = {str(n): truncate(test_ids, n) for n in run.eval_lengths} | {"full": list(test["text"])}
     names = tfidf_rows(run.train_length, windows)
-    training = {
-        names[0]: (train_texts, list(train["label"])),
-        names[1]: (truncate(train_texts, run.train_length), list(train["label"])),
-    }
-    if windows:
-        ids = tokenizer(train_texts, add_special_tokens=False)["input_ids"]
-        documents = [{"ids": i, "label": label} for i, label in zip(ids, train["label"])]
-        for name, count in zip(names[2:], windows):
-            drawn = RandomWindows(documents, room, count, run.seed)  # epoch 0: the windows of the run's first epoch
-            items = [drawn[i] for i in range(len(drawn))]
-            training[name] = ([tokenizer.decode(item["ids"]) for item in items], [item["label"] for item in items])
+    training = {names[0]: (train_texts, train_labels), names[1]: (truncate(train_ids, run.train_length), train_labels)}
+    documents = [{"ids": i, "label": label} for i, label in zip(train_ids, train_labels)]
+    for name, count in zip(names[2:], windows):
+        drawn = RandomWindows(documents, run.train_length - specials, count, run.seed)  # epoch 0: the first epoch's
+        items = [drawn[i] for i in range(len(drawn))]
+        training[name] = ([tokenizer.decode(item["ids"]) for item in items], [item["label"] for item in items])
     rows = {}
     for name, (texts, labels) in training.items():
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
         classifier = LogisticRegression(max_iter=2000, C=10.0)
         classifier.fit(vectorizer.fit_transform(texts), labels)
         rows[name] = {}
-        for length in [*run.eval_lengths, "full"]:
-            inputs = test_texts if length == "full" else truncate(test_texts, length)
+        for length, inputs in test_inputs.items():
             found = torch.tensor(classifier.predict(vectorizer.transform(inputs)))
             scores = classification_scores(found, torch.tensor(test_labels))
-            rows[name][str(length)] = {**scores, "predictions": [int(x) for x in found]}
+            rows[name][length] = {**scores, "predictions": [int(x) for x in found]}
     return rows
 
 
@@ -306,12 +301,22 @@ def head_to_head(
     "row minus reference"; a comparison with a row that stored no predictions is left out."""
     found = {}
     for comparison in comparisons:
-        row, reference = comparison["row"], comparison["reference"]
+        row, reference = comparison_rows(comparison)
         if row in table and reference in table:
             pair = {reference: table[reference], row: table[row]}
             differences = stats.difference_table(pair, reference, metric=metric, seeds=seeds, **options)
             found[comparison_label(comparison)] = differences[row]
     return found
+
+
+def comparison_rows(comparison: dict) -> tuple[str, str]:
+    """The two rows a head-to-head comparison names: (row, reference)."""
+    return comparison["row"], comparison["reference"]
+
+
+def comparisons_without(comparisons: list[dict], rows: list[str]) -> list[dict]:
+    """The comparisons that name none of `rows` (rows a sweep leaves out, or has not finished)."""
+    return [c for c in comparisons if not set(rows) & set(comparison_rows(c))]
 
 
 def comparison_label(comparison: dict) -> str:
@@ -450,7 +455,7 @@ def check_comparisons(sweep: SweepConfig) -> None:
     if sweep.kind == "classification" and sweep.baseline:
         rows.update(tfidf_rows(runs[0].train_length, sweep.tfidf_windows))
     for comparison in sweep.comparisons:
-        unknown = [comparison[key] for key in ("row", "reference") if comparison[key] not in rows]
+        unknown = [name for name in comparison_rows(comparison) if name not in rows]
         if unknown:
             raise ValueError(
                 f"The comparison {comparison} names rows the sweep lacks: {unknown}. Rows: {sorted(rows)}."
@@ -492,12 +497,10 @@ def finished_sweep(sweep: SweepConfig) -> SweepConfig:
     note = f"Interim tables: {len(kept)} of {len(labels)} rows, seeds {seeds} of {sweep.seeds}" + (
         f"; not finished yet: {', '.join(missing)}." if missing else "."
     )
-    unfinished = set(missing)
-    comparisons = [c for c in sweep.comparisons if not unfinished & {c["row"], c["reference"]}]
     return dataclasses.replace(
         sweep,
         variants=[sweep.variants[i] for i in kept],
-        comparisons=comparisons,
+        comparisons=comparisons_without(sweep.comparisons, missing),
         seeds=seeds,
         resume=True,
         description=f"{note}\n\n{sweep.description}" if sweep.description else note,
@@ -768,7 +771,7 @@ def _without_variants(sweep: SweepConfig, labels: list[str], dataset: str) -> di
         raise ValueError(f"skip_variants of {dataset!r} names no variant of the study: {unknown}. Variants: {known}.")
     return {
         "variants": [variant for variant, run in zip(sweep.variants, runs) if run.variant not in labels],
-        "comparisons": [c for c in sweep.comparisons if not set(labels) & {c["row"], c["reference"]}],
+        "comparisons": comparisons_without(sweep.comparisons, labels),
     }
 
 
