@@ -174,7 +174,8 @@ def tfidf_baseline(run: RunConfig, tokenizer, windows: Sequence[int] = ()) -> di
     training = {names[0]: (train_texts, train_labels), names[1]: (truncate(train_ids, run.train_length), train_labels)}
     documents = [{"ids": i, "label": label} for i, label in zip(train_ids, train_labels)]
     for name, count in zip(names[2:], windows):
-        drawn = RandomWindows(documents, run.train_length - specials, count, run.seed)  # epoch 0: the first epoch's
+        # Epoch 0's windows: what the run reads in its first epoch.
+        drawn = RandomWindows(documents, run.train_length - specials, count, run.seed)
         items = [drawn[i] for i in range(len(drawn))]
         training[name] = ([tokenizer.decode(item["ids"]) for item in items], [item["label"] for item in items])
     rows = {}
