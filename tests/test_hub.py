@@ -525,6 +525,11 @@ def test_model_card_parses_and_says_what_was_patched(tmp_path):
     assert "| encoder | `alibi` | `slope_scale=1.0` | replaced | 0 | none |" in card.text
     assert 'AutoModelForSequenceClassification.from_pretrained("someone/bert-alibi")' in card.text
     assert "| alibi | 0.75 ± 0.071 | 0.8 ± 0.071 |" in card.text  # mean ± sample std of 2 seeds, at 128 / 512
+    # A baseline row drawn per seed shows its seeds' spread; a deterministic one its one value.
+    windows = {"accuracy": 0.75, "by_seed": {"accuracy": [0.7, 0.8]}, "seeds": [0, 1], "predictions": [[1], [0]]}
+    results["baseline"] = {"tf-idf": {"128": {"accuracy": 0.63}}, "tf-idf windows": {"128": windows}}
+    text = hf_posenc.render_model_card(model, "someone/bert-alibi", results, license="apache-2.0")
+    assert "| tf-idf | 0.63 | - |" in text and "| tf-idf windows | 0.75 ± 0.071 | - |" in text
     assert "| accuracy | 128 (train) | 512 |" in card.text
     assert ENCODINGS["alibi"].citation in card.text and "Bo Pang and Lillian Lee" in card.text
     assert "posenc-bert" in card.text

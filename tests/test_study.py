@@ -159,6 +159,11 @@ def test_a_baseline_row_with_other_documents_is_refused_not_paired(assets, tmp_p
     cell["predictions"] = cell["predictions"][:-1]
     with pytest.raises(ValueError, match="stored 19 predictions for 20 test documents"):
         document_table(summary)
+    # A row drawn per seed: every seed's predictions must cover the documents.
+    full = cell["predictions"] + [0]
+    summary["baseline"]["TF-IDF+LR (train full)"]["64"] = {**cell, "seeds": [0, 1], "predictions": [full, full[:-1]]}
+    with pytest.raises(ValueError, match="stored 19 or 20 predictions for 20 test documents"):
+        document_table(summary)
 
 
 def test_long_document_subset_is_reported_separately(assets, tmp_path):
@@ -598,14 +603,50 @@ def test_tfidf_on_random_windows_reads_the_windows_the_fine_tune_reads(assets):
         vectorizer.fit_transform(texts), [drawn[i]["label"] for i in range(len(drawn))]
     )
     expected = classifier.predict(vectorizer.transform(list(test["text"])))
-    assert rows[name]["full"]["predictions"] == [int(x) for x in expected]
+    assert rows[name]["full"]["predictions"] == [[int(x) for x in expected]]  # one seed: the run's
+    assert rows[name]["full"]["seeds"] == [run.seed] and "seeds" not in rows["TF-IDF+LR (train full)"]["full"]
     # Windows as long as every review are the whole reviews: one window per review is the @L row's training text.
     whole = RunConfig.from_dict({**run.to_dict(), "train_length": 512, "eval_lengths": [512]})
     rows = tfidf_baseline(whole, tokenizer, windows=[1])
-    assert rows["TF-IDF+LR (train 1 random 512-token window)"] == rows["TF-IDF+LR (train @512)"]
+    for length, cell in rows["TF-IDF+LR (train @512)"].items():
+        window = rows["TF-IDF+LR (train 1 random 512-token window)"][length]
+        assert window["predictions"] == [cell["predictions"]] and window["accuracy"] == cell["accuracy"]
     for bad in ([0], [2, -1], ["2"], [True]):
         with pytest.raises(ValueError, match="tfidf_windows holds window counts >= 1"):
             SweepConfig.from_dict({"variants": [{"encoding": "alibi"}], "tfidf_windows": bad})
+
+
+def test_tfidf_on_random_windows_is_drawn_per_seed_and_pairs_with_the_fine_tunes_seed_by_seed(assets, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hf_posenc.recipes.results import markdown_table
+    from hf_posenc.recipes.sweep import document_table, tfidf_baseline
+
+    window = "TF-IDF+LR (train 2 random 32-token windows)"
+    comparisons = [{"row": "perfect", "reference": window}, {"row": "perfect", "reference": "TF-IDF+LR (train full)"}]
+    values = sweep_dict(assets, tmp_path / "sweep", seeds=(0, 1), tfidf_windows=[2], comparisons=comparisons)
+    summary = run_sweep(SweepConfig.from_dict(values), runner=FakeRunner())
+    tokenizer = AutoTokenizer.from_pretrained(str(assets["bert"]))
+    runs = {run.seed: run for run in SweepConfig.from_dict(values).runs() if run.variant == "perfect"}
+    alone = [tfidf_baseline(runs[seed], tokenizer, [2])[window] for seed in (0, 1)]
+    for length, cell in summary["baseline"][window].items():
+        # Each seed's row is what a one-seed call with that seed gives: the windows that seed's fine-tune reads.
+        assert cell["seeds"] == [0, 1]
+        assert cell["predictions"] == [one[length]["predictions"][0] for one in alone]
+        assert cell["by_seed"]["accuracy"] == [one[length]["accuracy"] for one in alone]
+        assert cell["accuracy"] == pytest.approx(np.mean(cell["by_seed"]["accuracy"]), abs=1e-5)
+    table, seeds = document_table(summary)
+    assert seeds[window] == [0, 1] and table[window][16][0].shape == (2, len(summary["documents"]["labels"]))
+    assert "TF-IDF+LR (train full)" not in seeds  # deterministic: one seed, no seed values
+    found = summary["analysis"]["all"]["comparisons"]["accuracy"]
+    assert found[f"perfect minus {window}"]["16"]["paired_seeds"] is True
+    assert found["perfect minus TF-IDF+LR (train full)"]["16"]["paired_seeds"] is False
+    # A perfect row minus TF-IDF: one minus TF-IDF's mean accuracy over the seeds.
+    expected = 1 - np.mean(summary["baseline"][window]["16"]["by_seed"]["accuracy"])
+    assert found[f"perfect minus {window}"]["16"]["estimate"] == pytest.approx(expected, abs=1e-4)
+    line = next(x for x in markdown_table({}, [16], "accuracy", summary["baseline"]).splitlines() if window in x)
+    spread = np.std(summary["baseline"][window]["16"]["by_seed"]["accuracy"], ddof=1)
+    assert f"± {spread:.3f}" in line
 
 
 def test_a_dataset_of_a_study_may_skip_shared_variants_and_their_comparisons(assets, tmp_path):

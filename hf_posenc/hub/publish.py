@@ -366,10 +366,10 @@ def _results_section(parsed: RecipeResults) -> str:
                 + " |"
             )
         for name, per_length in parsed.baseline.items():
-            values = [per_length.get(n, {}).get(metric) for n in lengths]
-            lines.append(
-                f"| {name} | " + " | ".join(format_mean_std([v] if v is not None else None) for v in values) + " |"
-            )
+            # Rows drawn per seed (TF-IDF on random windows) keep each seed's score under "by_seed".
+            cells = [per_length.get(n, {}) for n in lengths]
+            values = [c.get("by_seed", {}).get(metric) or ([c[metric]] if metric in c else None) for c in cells]
+            lines.append(f"| {name} | " + " | ".join(format_mean_std(v) for v in values) + " |")
         blocks.append("\n".join(lines))
     seeds = max(len(v) for per in parsed.table.values() for m in per.values() for v in m.values())
     note = (

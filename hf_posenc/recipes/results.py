@@ -102,6 +102,11 @@ cell = functools.partial(format_mean_std, mean_format=".3f", spread_format=".3f"
 """A recipe table cell: three decimals for the mean and the spread."""
 
 
+def baseline_values(entry: dict, metric: str) -> list[float]:
+    """A baseline cell's `metric` per seed: one value, or one per seed for rows drawn per seed."""
+    return list((entry.get("by_seed") or {}).get(metric) or [entry[metric]])
+
+
 def markdown_table(summary: dict, lengths: list[int], metric: str, baseline: dict | None = None) -> str:
     """Rows: variants (and baselines); columns: evaluation lengths (and full text for baselines)."""
     full = bool(baseline)
@@ -111,7 +116,8 @@ def markdown_table(summary: dict, lengths: list[int], metric: str, baseline: dic
         cells = [cell(per_length.get(c, {}).get(metric)) for c in columns]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     for name, per_length in (baseline or {}).items():
-        cells = [cell([per_length[c][metric]] if c in per_length else None) for c in columns]
+        # Rows drawn per seed (TF-IDF on random windows) show mean ± std over seeds, like the variants.
+        cells = [cell(baseline_values(per_length[c], metric) if c in per_length else None) for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

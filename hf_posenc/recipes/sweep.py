@@ -144,15 +144,21 @@ def tfidf_rows(train_length: int, windows: Sequence[int] = ()) -> tuple[str, ...
     return rows + tuple(f"TF-IDF+LR (train {n} random {train_length}-token window{'s' * (n > 1)})" for n in windows)
 
 
-def tfidf_baseline(run: RunConfig, tokenizer, windows: Sequence[int] = ()) -> dict[str, dict[str, dict[str, Any]]]:
+def tfidf_baseline(
+    run: RunConfig, tokenizer, windows: Sequence[int] = (), seeds: Sequence[int] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
     """TF-IDF 1-2-grams + logistic regression on the run's split, test documents truncated at each length.
 
     Rows: trained on full training texts, and trained on texts truncated at the training length (what the
     fine-tuned models saw); for each count in `windows`, also trained on that many random training-length windows of
-    each text, drawn as `train_windows="random"` draws them for the run's seed in its first epoch (the text a model
-    fine-tuned on random windows reads), which separates what the training text holds from what the model makes of
-    it. Truncation uses the model's tokenizer, so "512" means the same text for both. Each cell has the scores and
+    each text, drawn as `train_windows="random"` draws them in a run's first epoch (the text a model fine-tuned on
+    random windows reads), which separates what the training text holds from what the model makes of it.
+    Truncation uses the model's tokenizer, so "512" means the same text for both. Each cell has the scores and
     `"predictions"`: the predicted label of every test document, in test-split order (for intervals).
+
+    The window rows depend on the seed: they are drawn for each of `seeds` (default: the run's seed), as each seed
+    of a fine-tune draws its own, so that they pair with the fine-tunes seed by seed. Their cells hold the scores'
+    mean over seeds, `"by_seed"` (each score per seed), `"seeds"` and one list of predictions per seed.
     """
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -171,24 +177,40 @@ def tfidf_baseline(run: RunConfig, tokenizer, windows: Sequence[int] = ()) -> di
     # Every row reads the same test inputs: cut once per length.
     test_inputs = {str(n): truncate(test_ids, n) for n in run.eval_lengths} | {"full": list(test["text"])}
     names = tfidf_rows(run.train_length, windows)
-    training = {names[0]: (train_texts, train_labels), names[1]: (truncate(train_ids, run.train_length), train_labels)}
-    documents = [{"ids": i, "label": label} for i, label in zip(train_ids, train_labels)]
-    for name, count in zip(names[2:], windows):
-        # Epoch 0's windows: what the run reads in its first epoch.
-        drawn = RandomWindows(documents, run.train_length - specials, count, run.seed)
-        items = [drawn[i] for i in range(len(drawn))]
-        training[name] = ([tokenizer.decode(item["ids"]) for item in items], [item["label"] for item in items])
-    rows = {}
-    for name, (texts, labels) in training.items():
+
+    def cells(texts: list[str], labels: list[int]) -> dict[str, dict[str, Any]]:
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
         classifier = LogisticRegression(max_iter=2000, C=10.0)
         classifier.fit(vectorizer.fit_transform(texts), labels)
-        rows[name] = {}
-        for length, inputs in test_inputs.items():
-            found = torch.tensor(classifier.predict(vectorizer.transform(inputs)))
-            scores = classification_scores(found, torch.tensor(test_labels))
-            rows[name][length] = {**scores, "predictions": [int(x) for x in found]}
+        predicted = {n: torch.tensor(classifier.predict(vectorizer.transform(x))) for n, x in test_inputs.items()}
+        return {
+            n: {**classification_scores(found, torch.tensor(test_labels)), "predictions": [int(x) for x in found]}
+            for n, found in predicted.items()
+        }
+
+    rows = {names[0]: cells(train_texts, train_labels)}
+    rows[names[1]] = cells(truncate(train_ids, run.train_length), train_labels)
+    documents = [{"ids": i, "label": label} for i, label in zip(train_ids, train_labels)]
+    seeds = list(seeds) if seeds is not None else [run.seed]
+    for name, count in zip(names[2:], windows):
+        per_seed = []
+        for seed in seeds:
+            # Epoch 0's windows: what a run with this seed reads in its first epoch.
+            drawn = RandomWindows(documents, run.train_length - specials, count, seed)
+            items = [drawn[i] for i in range(len(drawn))]
+            texts = [tokenizer.decode(item["ids"]) for item in items]
+            per_seed.append(cells(texts, [item["label"] for item in items]))
+        rows[name] = {n: _over_seeds([scored[n] for scored in per_seed], seeds) for n in test_inputs}
     return rows
+
+
+def _over_seeds(cells: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One TF-IDF cell per seed as one cell: mean scores, each score per seed, the seeds and their predictions."""
+    scores = [k for k in cells[0] if k not in ("predictions", "n")]
+    merged: dict[str, Any] = {k: round(float(np.mean([c[k] for c in cells])), 5) for k in scores}
+    merged["n"] = cells[0]["n"]
+    merged["by_seed"] = {k: [c[k] for c in cells] for k in scores}
+    return merged | {"seeds": list(seeds), "predictions": [c["predictions"] for c in cells]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -233,20 +255,26 @@ def document_table(summary: dict, keep: list[int] | None = None) -> tuple[dict, 
             table[variant], seeds[variant] = cells, [run["config"]["seed"] for run in runs]
     for name, per_length in (summary.get("baseline") or {}).items():
         cells = {
-            int(length): (np.asarray(cell["predictions"])[index], labels[index])
+            int(length): (np.asarray(cell["predictions"])[..., index], labels[index])
             for length, cell in per_length.items()
             if length.isdigit() and "predictions" in cell and _same_size(name, cell["predictions"], labels)
         }
         if cells:
             table[name] = cells
+            found = {tuple(cell["seeds"]) for cell in per_length.values() if "seeds" in cell}
+            if found:  # rows drawn per seed (TF-IDF on random windows) pair with the fine-tunes seed by seed
+                seeds[name] = list(found.pop())
     return table, seeds
 
 
 def _same_size(row: str, predictions: list, labels: np.ndarray) -> bool:
-    """A baseline row's predictions must cover the sweep's test documents one to one (they are paired by position)."""
-    if len(predictions) != labels.size:
+    """A baseline row's predictions (one list, or one per seed) must cover the sweep's test documents one to one
+    (they are paired by position)."""
+    sizes = {len(p) for p in predictions} if predictions and isinstance(predictions[0], list) else {len(predictions)}
+    if sizes != {labels.size}:
+        stored = " or ".join(map(str, sorted(sizes)))
         raise ValueError(
-            f"The baseline row {row!r} stored {len(predictions)} predictions for {labels.size} test documents: its "
+            f"The baseline row {row!r} stored {stored} predictions for {labels.size} test documents: its "
             "predictions cannot be paired with the other rows."
         )
     return True
@@ -429,7 +457,7 @@ def run_sweep(
         documents = evaluation_documents(runs[0], tokenizer)
         documents["length_distribution"] = length_distribution(documents["n_tokens"])
         if sweep.baseline:
-            baseline = tfidf_baseline(runs[0], tokenizer, sweep.tfidf_windows)
+            baseline = tfidf_baseline(runs[0], tokenizer, sweep.tfidf_windows, seeds=sweep.seeds)
     keep = ("variant", "config", "metrics", "train", "mlm", "patch_spec", "timings", "data", "note", "environment")
     keep += ("base_model", "dataset_info")  # each run's provenance, for model cards made from a sweep
     keep += ("predictions",)  # per-document predictions: intervals, paired differences, reference comparisons
@@ -671,8 +699,8 @@ def sweep_markdown(summary: dict, lengths: list[int], metric: str) -> str:
         text.append(
             f"## 95% intervals: {subset} ({entry['n_docs']} test documents)\n\nPercentile bootstrap over test "
             "documents (and over seeds where there are several); differences to the baseline row are paired over "
-            "documents always, and over seeds where both rows ran the same seeds (TF-IDF rows have none: their "
-            "seeds are resampled independently).\n"
+            "documents always, and over seeds where both rows ran the same seeds (TF-IDF rows on full or cut texts "
+            "have none: their seeds are resampled independently; TF-IDF rows on random windows are drawn per seed).\n"
         )
         for name in (metric, *[m for m in INTERVAL_METRICS if m != metric]):
             if name not in entry["intervals"]:
