@@ -525,14 +525,27 @@ def test_model_card_parses_and_says_what_was_patched(tmp_path):
     assert "| encoder | `alibi` | `slope_scale=1.0` | replaced | 0 | none |" in card.text
     assert 'AutoModelForSequenceClassification.from_pretrained("someone/bert-alibi")' in card.text
     assert "| alibi | 0.75 ± 0.071 | 0.8 ± 0.071 |" in card.text  # mean ± sample std of 2 seeds, at 128 / 512
+    assert "| accuracy | 128 (train) | 512 |" in card.text
+    assert ENCODINGS["alibi"].citation in card.text and "Bo Pang and Lillian Lee" in card.text
+    assert "posenc-bert" in card.text
     # A baseline row drawn per seed shows its seeds' spread; a deterministic one its one value.
     windows = {"accuracy": 0.75, "by_seed": {"accuracy": [0.7, 0.8]}, "seeds": [0, 1], "predictions": [[1], [0]]}
     results["baseline"] = {"tf-idf": {"128": {"accuracy": 0.63}}, "tf-idf windows": {"128": windows}}
     text = hf_posenc.render_model_card(model, "someone/bert-alibi", results, license="apache-2.0")
     assert "| tf-idf | 0.63 | - |" in text and "| tf-idf windows | 0.75 ± 0.071 | - |" in text
-    assert "| accuracy | 128 (train) | 512 |" in card.text
-    assert ENCODINGS["alibi"].citation in card.text and "Bo Pang and Lillian Lee" in card.text
-    assert "posenc-bert" in card.text
+    assert "chunks" not in text  # read in one pass: nothing to say
+
+
+def test_model_card_says_when_its_results_read_documents_in_chunks():
+    model = patched("bert", "alibi", "BertForSequenceClassification")
+    run = run_results("alibi")
+    run["config"] |= {"eval_mode": "chunked", "chunk_window": 128, "chunk_pooling": "logits"}
+    run["config"]["train_windows"] = "random"
+    card = hf_posenc.render_model_card(model, "someone/bert-alibi", run)
+    assert "read each document in 128-token chunks" in card and "pooled per document (logits;" in card
+    assert "| eval_mode | chunked |" in card and "| train_windows | random |" in card
+    run["config"]["eval_mode"] = "both"  # the card's numbers are then the single pass's
+    assert "chunks" not in hf_posenc.render_model_card(model, "someone/bert-alibi", run)
 
 
 def test_model_card_refuses_results_of_another_encoding():

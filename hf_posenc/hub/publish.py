@@ -335,6 +335,14 @@ RECIPE_SETTINGS = (
     "mlm_steps",
     "mlm_dataset",
     "mlm_length",
+    "pooling",
+    "train_windows",
+    "windows_per_document",
+    "position_augmentation",
+    "eval_mode",
+    "chunk_window",
+    "chunk_stride",
+    "chunk_pooling",
 )
 """The settings of a run that the card's recipe table shows (hf_posenc.training.RunConfig names them so)."""
 
@@ -390,6 +398,15 @@ def _limitations(model, spec: PatchRecord, parsed: RecipeResults) -> str:
         items.append(
             "Relative encodings run in the `posenc` attention backend (PyTorch SDPA plus a bias or rotation); "
             "`eager` and FlashAttention are not supported."
+        )
+    if parsed.settings.get("eval_mode") == "chunked":
+        # The model is the same either way; only the reading differs, and a plain forward pass is what users run.
+        window = parsed.settings.get("chunk_window") or parsed.settings.get("train_length")
+        pooling = parsed.settings.get("chunk_pooling") or "embeddings"
+        items.append(
+            f"The results read each document in {window}-token chunks, each with its own special tokens, pooled "
+            f"per document ({pooling}; `hf_posenc.recipes.chunked`), not in one forward pass: a single pass over a "
+            "long input is another reading and may score lower."
         )
     lengths = [int(n) for n in parsed.lengths if n.isdigit()]
     items.append(
