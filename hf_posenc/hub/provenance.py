@@ -21,7 +21,7 @@ import torch
 
 from ..version import __version__
 
-__all__ = ["environment", "format_mean_std", "git_revision", "mean_std", "package_version"]
+__all__ = ["baseline_values", "environment", "format_mean_std", "git_revision", "mean_std", "package_version"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The folder above the `hf_posenc` package: the git checkout when installed in development mode."""
@@ -80,6 +80,11 @@ def environment(*packages: str) -> dict[str, Any]:
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def baseline_values(entry: dict, metric: str) -> list[float]:
+    """A baseline cell's `metric` per seed: one value, or one per seed for rows drawn per seed (`"by_seed"`)."""
+    return list((entry.get("by_seed") or {}).get(metric) or [entry[metric]])
 
 
 def format_mean_std(

@@ -26,7 +26,7 @@ from .assets import MINILM_NAMES
 from .files import atomic_write
 from .folders import copy_sentence_transformers_files, is_hub_id
 from .format import POSENC_PREFIX, auto_targets
-from .provenance import format_mean_std
+from .provenance import baseline_values, format_mean_std
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Recipe results: the minimal schema the model card reads
@@ -374,9 +374,8 @@ def _results_section(parsed: RecipeResults) -> str:
                 + " |"
             )
         for name, per_length in parsed.baseline.items():
-            # Rows drawn per seed (TF-IDF on random windows) keep each seed's score under "by_seed".
             cells = [per_length.get(n, {}) for n in lengths]
-            values = [c.get("by_seed", {}).get(metric) or ([c[metric]] if metric in c else None) for c in cells]
+            values = [baseline_values(c, metric) if metric in c else None for c in cells]
             lines.append(f"| {name} | " + " | ".join(format_mean_std(v) for v in values) + " |")
         blocks.append("\n".join(lines))
     seeds = max(len(v) for per in parsed.table.values() for m in per.values() for v in m.values())

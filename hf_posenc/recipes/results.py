@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..hub.files import atomic_path, atomic_write
+from ..hub.provenance import baseline_values, format_mean_std, git_revision, mean_std
 from ..hub.provenance import environment as base_environment
-from ..hub.provenance import format_mean_std, git_revision, mean_std
 
 __all__ = [
     "NOT_METRICS",
@@ -100,11 +100,6 @@ def aggregate(runs: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
 
 cell = functools.partial(format_mean_std, mean_format=".3f", spread_format=".3f", missing="—")
 """A recipe table cell: three decimals for the mean and the spread."""
-
-
-def baseline_values(entry: dict, metric: str) -> list[float]:
-    """A baseline cell's `metric` per seed: one value, or one per seed for rows drawn per seed."""
-    return list((entry.get("by_seed") or {}).get(metric) or [entry[metric]])
 
 
 def markdown_table(summary: dict, lengths: list[int], metric: str, baseline: dict | None = None) -> str:
