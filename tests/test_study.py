@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -479,6 +480,11 @@ def test_interim_tables_of_a_stopped_sweep_hold_its_finished_runs_and_train_noth
     assert len(runner.calls) == calls  # nothing trained
     runner(dataclasses.replace(sweep, variants=[values["variants"][1]], seeds=[1]).runs()[0])
     assert finished_sweep(sweep).seeds == [0, 1] and len(finished_sweep(sweep).variants) == 2  # every kept row: seed 1
+    for seed in (0, 1):  # the last row finishes both seeds: the tables are the final ones, with no interim note
+        runner(dataclasses.replace(sweep, variants=[values["variants"][2]], seeds=[seed]).runs()[0])
+    assert finished_sweep(sweep) == dataclasses.replace(sweep, resume=True)
+    for seed in (0, 1):
+        shutil.rmtree(dataclasses.replace(sweep, variants=[values["variants"][2]], seeds=[seed]).runs()[0].output_dir)
     calls = len(runner.calls)
     assert set(summary["summary"]) >= {"perfect", "wrong"} and "half" not in summary["summary"]
     text = (tmp_path / "sweep" / "results.md").read_text()

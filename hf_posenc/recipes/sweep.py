@@ -495,7 +495,8 @@ def finished_sweep(sweep: SweepConfig) -> SweepConfig:
     """The part of a stopped sweep that has finished, as a sweep whose every run is on disk: interim tables.
 
     Rows: the variants that finished the first seed (the baseline row among them: differences need it); seeds: the
-    first, and each next one that every such row has finished. The description says what is missing. See
+    first, and each next one that every such row has finished. The description says what is missing; a sweep whose
+    every run has finished is returned whole (only `resume` set), so its tables are the final ones. See
     `render_finished`.
 
     Raises:
@@ -523,6 +524,8 @@ def finished_sweep(sweep: SweepConfig) -> SweepConfig:
             break
         seeds.append(seed)
     missing = [labels[i] for i in range(len(labels)) if i not in kept]
+    if not missing and seeds == sweep.seeds:  # every run finished: these are the final tables, not interim ones
+        return dataclasses.replace(sweep, resume=True)
     note = f"Interim tables: {len(kept)} of {len(labels)} rows, seeds {seeds} of {sweep.seeds}" + (
         f"; not finished yet: {', '.join(missing)}." if missing else "."
     )
