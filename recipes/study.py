@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             except ValueError as error:  # this dataset has not started: the others still get their tables
                 print(f"skipped: {error}")
                 continue
-            print(f"interim tables: {Path(sweep.output_dir) / 'results.md'}")
+            print(f"tables of the finished runs: {Path(sweep.output_dir) / 'results.md'}")
         return summaries
     summaries = run_study(sweeps)
     if len(sweeps) > 1:  # the datasets' test lengths side by side, beside their folders
