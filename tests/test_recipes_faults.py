@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import accelerate
@@ -449,6 +451,23 @@ def test_a_folder_is_replaced_whole(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["c"] and sorted(p.name for p in tmp_path.iterdir()) == [
         "step_2"
     ]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o027])
+def test_atomic_files_and_folders_get_the_permissions_a_plain_write_gives(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        plain_file, plain_folder = tmp_path / "plain.md", tmp_path / "plain"
+        plain_file.write_text("x")
+        plain_folder.mkdir()
+        written = atomic_write(tmp_path / "results.md", "x")
+        with atomic_path(tmp_path / "step_2", folder=True) as temporary:
+            (temporary / "a").write_text("1")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain_file.stat().st_mode) == 0o666 & ~umask
+    folder_mode = stat.S_IMODE((tmp_path / "step_2").stat().st_mode)
+    assert folder_mode == stat.S_IMODE(plain_folder.stat().st_mode) == 0o777 & ~umask
 
 
 def test_read_json_names_the_file_and_the_fix(tmp_path):

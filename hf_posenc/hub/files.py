@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -35,13 +36,7 @@ def atomic_path(path: str | os.PathLike, folder: bool = False) -> Iterator[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-"
-    if folder:
-        temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-        os.close(handle)
-        temporary = Path(name)
+    temporary = _new_temporary(path, folder)
     try:
         yield temporary
         if folder:
@@ -54,6 +49,22 @@ def atomic_path(path: str | os.PathLike, folder: bool = False) -> Iterator[Path]
         else:
             temporary.unlink(missing_ok=True)
         raise
+
+
+def _new_temporary(path: Path, folder: bool) -> Path:
+    """Create a fresh hidden `.<name>.tmp-*` file or folder beside `path`, with the permissions a plain `open` or
+    `mkdir` would give (0o666 / 0o777 less the umask): `tempfile.mkstemp`/`mkdtemp` make them owner-only, and the
+    rename would carry that onto every saved checkpoint, card and results file."""
+    while True:
+        candidate = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+        try:
+            if folder:
+                os.mkdir(candidate, 0o777)
+            else:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return candidate
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
 
 
 def publish_folder(temporary: str | os.PathLike, path: str | os.PathLike) -> Path:
