@@ -458,7 +458,7 @@ def test_driver_survives_a_held_index_lock_and_commits_once_it_is_free(tmp_path,
     (run / "results.json").write_text('{"metrics": {}}')
     monkeypatch.setattr(driver.time, "sleep", lambda seconds: None)
     driver.commit([run], "second")
-    assert "not committed (commit by hand): second" in capsys.readouterr().out
+    assert "not done (do it by hand): commit: second" in capsys.readouterr().out
 
 
 def test_interim_tables_of_a_stopped_sweep_hold_its_finished_runs_and_train_nothing(assets, tmp_path, capsys):
@@ -501,7 +501,7 @@ def test_interim_tables_of_a_stopped_sweep_hold_its_finished_runs_and_train_noth
     assert "no interim table yet" in capsys.readouterr().out
 
 
-def test_driver_never_commits_tables_over_fewer_runs_than_the_committed_ones(tmp_path, monkeypatch, capsys):
+def test_driver_never_commits_tables_over_fewer_seeds_than_the_committed_ones(tmp_path, monkeypatch, capsys):
     import subprocess
 
     spec = importlib.util.spec_from_file_location("run_study_tool", ROOT / "tools" / "run_study.py")
@@ -525,10 +525,30 @@ def test_driver_never_commits_tables_over_fewer_runs_than_the_committed_ones(tmp
     table.write_text("one seed")
     assert driver.keeps_committed_tables(results, files) is True
     assert json.loads(results.read_text())["runs"] == [{"seed": 0}, {"seed": 1}] and table.read_text() == "two seeds"
-    assert "kept the committed tables of pang_lee (2 runs; this render had 1)" in capsys.readouterr().out
+    assert "kept the committed tables of pang_lee (seeds [0, 1]; this render had [0])" in capsys.readouterr().out
     results.write_text(json.dumps({"runs": [{"seed": 0}, {"seed": 1}, {"seed": 2}]}))
-    assert driver.keeps_committed_tables(results, files) is False  # more runs: committed as usual
+    assert driver.keeps_committed_tables(results, files) is False  # more seeds: committed as usual
     assert len(json.loads(results.read_text())["runs"]) == 3
+    # A sweep that dropped a row renders fewer runs over the same seeds (seeds recorded in each run's config):
+    # those tables are new, not behind.
+    results.write_text(json.dumps({"runs": [{"config": {"seed": s}} for s in (0, 1, 2, 0, 1, 2)]}))
+    driver.commit(files, "tables over three seeds, two rows")
+    results.write_text(json.dumps({"runs": [{"config": {"seed": s}} for s in (0, 1, 2)]}))
+    assert driver.keeps_committed_tables(results, files) is False
+    # The index lock held while restoring: retried, then a warning; the driver goes on.
+    results.write_text(json.dumps({"runs": [{"config": {"seed": 0}}]}))
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("")
+    monkeypatch.setattr(driver.time, "sleep", lambda seconds: None)
+    assert driver.keeps_committed_tables(results, files) is True
+    printed = capsys.readouterr().out
+    assert "attempt 5 of 5" in printed
+    assert "not done (do it by hand): restore the committed tables of pang_lee" in printed
+    # Tables outside the repository are never compared (nothing committed to compare with).
+    outside = tmp_path / "elsewhere" / "results.json"
+    outside.parent.mkdir()
+    outside.write_text(json.dumps({"runs": [{"seed": 0}]}))
+    assert driver.keeps_committed_tables(outside, [outside]) is False
 
 
 def test_head_to_head_comparisons_have_their_known_values_and_names_are_checked_first(assets, tmp_path):

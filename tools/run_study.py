@@ -26,51 +26,77 @@ TABLE_FILES = ("results.json", "results.md") + tuple(
 """What a sweep's render writes beside its runs: committed after each seed."""
 
 
+def git_with_retries(action, description: str, attempts: int = 5) -> bool:
+    """Run `action` (some git calls raising `CalledProcessError` on failure); a commit made by hand at the same
+    moment holds git's index lock, so retry a few times, then warn and return False: a study never dies of git."""
+    for attempt in range(attempts):
+        try:
+            action()
+            return True
+        except subprocess.CalledProcessError as error:
+            print(f"git failed ({error}); attempt {attempt + 1} of {attempts}", flush=True)
+            time.sleep(2 + 3 * attempt)
+    print(f"not done (do it by hand): {description}", flush=True)
+    return False
+
+
 def commit(paths: list[Path], message: str, attempts: int = 5) -> None:
     """Stage and commit only `paths` (other staged or modified files are left alone); nothing to commit is fine.
 
-    A commit made by hand at the same moment holds git's index lock: retry a few times, then warn and go on (the
-    files stay on disk, and the next run's commit or a manual one picks them up); a study never dies of it.
+    Retried while git's index lock is held (`git_with_retries`); if it stays held the files stay on disk, and the
+    next run's commit or a manual one picks them up.
     """
     names = [str(p) for p in paths if p.exists()]
     if not names:
         return
-    for attempt in range(attempts):
-        try:
-            subprocess.run(["git", "add", "--", *names], cwd=ROOT, check=True)
-            staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *names], cwd=ROOT)
-            if staged.returncode:
-                subprocess.run(["git", "commit", "-q", "-m", message, "--", *names], cwd=ROOT, check=True)
-                print(f"committed: {message}", flush=True)
-            return
-        except subprocess.CalledProcessError as error:
-            print(f"git failed ({error}); attempt {attempt + 1} of {attempts}", flush=True)
-            time.sleep(2 + 3 * attempt)
-    print(f"not committed (commit by hand): {message}", flush=True)
+
+    def add_and_commit() -> None:
+        subprocess.run(["git", "add", "--", *names], cwd=ROOT, check=True)
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *names], cwd=ROOT)
+        if staged.returncode:
+            subprocess.run(["git", "commit", "-q", "-m", message, "--", *names], cwd=ROOT, check=True)
+            print(f"committed: {message}", flush=True)
+
+    git_with_retries(add_and_commit, f"commit: {message}", attempts)
 
 
-def committed_run_count(results: Path) -> int | None:
-    """How many runs the committed (HEAD) version of a sweep's results.json holds; None when none is committed."""
-    relative = results.resolve().relative_to(ROOT.resolve())
+def run_seeds(summary: dict) -> set[int]:
+    """The seeds a sweep summary's runs cover."""
+    return {run["seed"] if "seed" in run else run["config"]["seed"] for run in summary.get("runs", [])}
+
+
+def committed_seeds(results: Path) -> set[int] | None:
+    """The seeds the committed (HEAD) version of a sweep's results.json covers; None when none is committed (or the
+    file lies outside the repository)."""
+    try:
+        relative = results.resolve().relative_to(ROOT.resolve())
+    except ValueError:
+        return None
     shown = subprocess.run(["git", "show", f"HEAD:{relative.as_posix()}"], cwd=ROOT, capture_output=True, text=True)
-    return len(json.loads(shown.stdout).get("runs", [])) if shown.returncode == 0 else None
+    return run_seeds(json.loads(shown.stdout)) if shown.returncode == 0 else None
 
 
 def keeps_committed_tables(results: Path, files: list[Path]) -> bool:
-    """Restore the committed tables when the fresh render holds fewer runs than they do, and say so.
+    """Restore the committed tables when the fresh render covers only some of their seeds, and say so.
 
     A restarted driver renders each finished seed in turn (seed 0 alone first); committing that would replace
-    tables over more seeds with tables over fewer until the last finished seed is rendered again.
+    tables over more seeds with tables over fewer until the last finished seed is rendered again. Seeds, not runs,
+    are compared: a sweep that dropped a row renders fewer runs over the same seeds, and those tables are committed.
     """
-    committed = committed_run_count(results)
-    fresh = len(json.loads(results.read_text()).get("runs", [])) if results.exists() else 0
-    if committed is None or fresh >= committed:
+    committed = committed_seeds(results)
+    fresh = run_seeds(json.loads(results.read_text())) if results.exists() else set()
+    if committed is None or not fresh < committed:
         return False
     tracked = [str(f.resolve().relative_to(ROOT.resolve())) for f in files]
-    listed = subprocess.run(["git", "ls-files", "--", *tracked], cwd=ROOT, capture_output=True, text=True)
-    subprocess.run(["git", "checkout", "HEAD", "--", *listed.stdout.split()], cwd=ROOT, check=True)
-    kept = f"kept the committed tables of {results.parent.name} ({committed} runs; this render had {fresh})"
-    print(kept, flush=True)
+
+    def restore() -> None:
+        listed = subprocess.run(["git", "ls-files", "--", *tracked], cwd=ROOT, capture_output=True, text=True)
+        subprocess.run(["git", "checkout", "HEAD", "--", *listed.stdout.split()], cwd=ROOT, check=True)
+
+    name = results.parent.name
+    if git_with_retries(restore, f"restore the committed tables of {name} (git checkout HEAD -- {' '.join(tracked)})"):
+        kept = f"kept the committed tables of {name} (seeds {sorted(committed)}; this render had {sorted(fresh)})"
+        print(kept, flush=True)
     return True
 
 
