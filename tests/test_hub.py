@@ -548,6 +548,24 @@ def test_model_card_says_when_its_results_read_documents_in_chunks():
     assert "chunks" not in hf_posenc.render_model_card(model, "someone/bert-alibi", run)
 
 
+def test_model_card_of_a_sweep_shows_only_the_settings_its_rows_share_and_which_rows_read_in_chunks():
+    model = patched("bert", "alibi", "BertForSequenceClassification")
+    plain, chunked = run_results("alibi"), run_results("alibi", accuracy=0.8)
+    plain["config"] |= {"eval_mode": "single", "chunk_pooling": "embeddings", "windows_per_document": 1}
+    chunked["variant"] = "alibi, chunked 128"
+    chunked["config"] |= {"eval_mode": "chunked", "chunk_window": 128, "chunk_pooling": "logits"}
+    chunked["config"] |= {"train_windows": "random", "windows_per_document": 8}
+    for runs in ([plain, chunked], [chunked, plain]):  # whichever row comes first, the card says the same
+        card = hf_posenc.render_model_card(model, "someone/bert-alibi", {"kind": "sweep", "runs": runs})
+        assert "| eval_mode | differs by row |" in card and "| train_windows | differs by row |" in card
+        assert "| train_length | 128 |" in card and "| chunk_pooling | differs by row |" in card
+        assert "The results of alibi, chunked 128 read each document in 128-token chunks" in card
+    # A single pass's card leaves out the defaults of modes it did not use.
+    card = hf_posenc.render_model_card(model, "someone/bert-alibi", plain)
+    assert "| eval_mode | single |" in card and "chunk_pooling" not in card and "windows_per_document" not in card
+    assert "chunks" not in card
+
+
 def test_model_card_refuses_results_of_another_encoding():
     with pytest.raises(ValueError, match="results are for encoding"):
         hf_posenc.render_model_card(patched("bert", "alibi"), "a/b", run_results("rope"))

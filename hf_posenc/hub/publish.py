@@ -46,7 +46,9 @@ class RecipeResults:
     Attributes:
         table: variant -> eval length -> metric -> values (one per seed), as `hf_posenc.reporting.aggregate` makes.
         baseline: name -> eval length -> metric -> value (e.g. the TF-IDF baseline of a sweep).
-        settings: the run's scalar settings (model, dataset, train_length, epochs, learning_rate, seed, ...).
+        settings: the runs' scalar settings (model, dataset, train_length, epochs, learning_rate, ...): the first
+            run's as read; `results_for` keeps those its variants share, and marks the others as differing by row.
+        variant_settings: variant -> its first run's scalar settings.
         recipe: what kind of run it was ("classification", "sweep", ...).
         seeds: the seeds of the runs read.
         specs: variant -> the `posenc` block of the model its runs trained, where the results record it.
@@ -61,6 +63,7 @@ class RecipeResults:
     seeds: list[Any] = field(default_factory=list)
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset_citations: dict[str, str] = field(default_factory=dict)
+    variant_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def lengths(self) -> list[str]:
@@ -127,7 +130,9 @@ def _add_run(parsed: RecipeResults, run: Any) -> None:
         for name, value in values.items():
             if isinstance(value, int | float) and not isinstance(value, bool) and name not in TIMING_KEYS:
                 slot.setdefault(name, []).append(float(value))
-    parsed.settings = parsed.settings or {k: v for k, v in settings.items() if isinstance(v, str | int | float)}
+    scalars = {k: v for k, v in settings.items() if isinstance(v, str | int | float)}
+    parsed.settings = parsed.settings or scalars
+    parsed.variant_settings.setdefault(variant, scalars)
     if "seed" in settings and settings["seed"] not in parsed.seeds:
         parsed.seeds.append(settings["seed"])
     spec = run.get("patch_spec", run.get("spec"))
@@ -144,10 +149,26 @@ def results_for(model: nn.Module, results: RecipeResults) -> RecipeResults:
         found = {v: _encodings(s) for v, s in results.specs.items()}
         raise ValueError(f"The results are for encoding(s) {found}, but the model is patched with {_encodings(ours)}.")
     table = {v: results.table[v] for v in keep}
+    rows = {v: results.variant_settings[v] for v in keep if v in results.variant_settings}
+    settings = _shared_settings(list(rows.values())) if rows else results.settings
     return RecipeResults(
-        table, results.baseline, results.settings, results.recipe, results.seeds, results.specs,
-        results.dataset_citations,
+        table, results.baseline, settings, results.recipe, results.seeds, results.specs,
+        results.dataset_citations, rows,
     )  # fmt: skip
+
+
+DIFFERS_BY_ROW = "differs by row"
+
+
+def _shared_settings(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings every row shares; a setting the rows disagree on (or only some have) is `DIFFERS_BY_ROW`, so
+    a card never shows one variant's recipe as another's (a sweep holds many fine-tunes of the same patch)."""
+    keys = dict.fromkeys(k for row in rows for k in row)
+    missing = object()
+    return {
+        k: rows[0].get(k) if all(row.get(k, missing) == rows[0].get(k, missing) for row in rows) else DIFFERS_BY_ROW
+        for k in keys
+    }
 
 
 def _same_patch(spec: dict[str, Any], ours: dict[str, Any]) -> bool:
@@ -347,10 +368,22 @@ RECIPE_SETTINGS = (
 """The settings of a run that the card's recipe table shows (hf_posenc.training.RunConfig names them so)."""
 
 
+def _shown(settings: dict[str, Any], key: str) -> bool:
+    """Whether the recipe table shows `key`: set, and not a default of a mode the run did not use (chunk settings
+    of a single-pass reading, windows per document without random windows)."""
+    if settings.get(key) is None:
+        return False
+    if key.startswith("chunk_"):
+        return settings.get("eval_mode") not in (None, "single")
+    if key == "windows_per_document":
+        return settings.get("train_windows") not in (None, "first")
+    return True
+
+
 def _recipe_section(parsed: RecipeResults) -> str:
     if not parsed.table:
         return "No recipe results were supplied with this model: it is published as patched (see above)."
-    rows = [f"| {k} | {parsed.settings[k]} |" for k in RECIPE_SETTINGS if parsed.settings.get(k) is not None]
+    rows = [f"| {k} | {parsed.settings[k]} |" for k in RECIPE_SETTINGS if _shown(parsed.settings, k)]
     if parsed.seeds:
         rows.append(f"| seeds | {', '.join(str(s) for s in parsed.seeds)} |")
     kind = f"Recipe: `{parsed.recipe}`.\n\n" if parsed.recipe else ""
@@ -398,12 +431,16 @@ def _limitations(model, spec: PatchRecord, parsed: RecipeResults) -> str:
             "Relative encodings run in the `posenc` attention backend (PyTorch SDPA plus a bias or rotation); "
             "`eager` and FlashAttention are not supported."
         )
-    if parsed.settings.get("eval_mode") == "chunked":
+    rows = parsed.variant_settings or {"": parsed.settings}
+    chunked = [v for v, settings in rows.items() if settings.get("eval_mode") == "chunked"]
+    if chunked:
         # The model is the same either way; only the reading differs, and a plain forward pass is what users run.
-        window = parsed.settings.get("chunk_window") or parsed.settings.get("train_length")
-        pooling = parsed.settings.get("chunk_pooling") or "embeddings"
+        settings = rows[chunked[0]]
+        window = settings.get("chunk_window") or settings.get("train_length")
+        pooling = settings.get("chunk_pooling") or "embeddings"
+        which = "The results" if len(chunked) == len(rows) else f"The results of {', '.join(chunked)}"
         items.append(
-            f"The results read each document in {window}-token chunks, each with its own special tokens, pooled "
+            f"{which} read each document in {window}-token chunks, each with its own special tokens, pooled "
             f"per document ({pooling}; `hf_posenc.recipes.chunked`), not in one forward pass: a single pass over a "
             "long input is another reading and may score lower."
         )
