@@ -24,6 +24,7 @@ from pathlib import Path
 from hf_posenc.recipes.cli import FieldDefault, recipe_parser, settings_from_args
 from hf_posenc.recipes.settings import SweepConfig
 from hf_posenc.recipes.sweep import (
+    NoInterimTables,
     compare_with_reference,
     export_best_variant,
     render_finished,
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for sweep in sweeps:
             try:
                 summaries.append(render_finished(sweep))
-            except ValueError as error:  # this dataset has not started: the others still get their tables
+            except NoInterimTables as error:  # this dataset has not started: the others still get their tables
                 print(f"skipped: {error}")
                 continue
             print(f"tables of the finished runs: {Path(sweep.output_dir) / 'results.md'}")

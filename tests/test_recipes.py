@@ -534,3 +534,17 @@ def test_recipes_and_bench_import_hf_posenc_at_module_top_and_bench_never_import
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom):
                     assert "recipes" not in (node.module or ""), (path, node.lineno)
+
+
+def test_the_plot_without_predictions_draws_every_baseline_row(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from hf_posenc.recipes.results import plot
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", lambda figure: drawn.append(figure))
+    summary = {"learned": {"128": {"accuracy": [0.7, 0.72]}, "512": {"accuracy": [0.71, 0.7]}}}
+    baseline = {f"TF-IDF ({n})": {"128": {"accuracy": 0.6}, "512": {"accuracy": 0.6 + n / 100}} for n in range(5)}
+    plot(summary, [128, 512], 128, "accuracy", tmp_path / "results.png", baseline=baseline)
+    labels = drawn[0].axes[0].get_legend_handles_labels()[1]
+    assert set(baseline) <= set(labels) and "learned" in labels and (tmp_path / "results.png").is_file()

@@ -499,6 +499,13 @@ def test_interim_tables_of_a_stopped_sweep_hold_its_finished_runs_and_train_noth
     assert again["summary"].keys() == summary["summary"].keys() and len(runner.calls) == calls
     assert study.main(["--config", str(config), "--output_dir", str(tmp_path / "empty"), "--finished_only"]) == []
     assert "no interim table yet" in capsys.readouterr().out
+    # Only "not started" is skipped: a finished run recorded with other settings is still refused.
+    first = Path(dataclasses.replace(sweep, variants=[values["variants"][0]], seeds=[0]).runs()[0].output_dir)
+    recorded = json.loads((first / "results.json").read_text())
+    recorded["config"]["learning_rate"] = 0.5
+    (first / "results.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match="learning_rate"):
+        study.main(["--config", str(config), "--output_dir", str(tmp_path / "sweep"), "--finished_only"])
 
 
 def test_driver_never_commits_tables_over_fewer_seeds_than_the_committed_ones(tmp_path, monkeypatch, capsys):

@@ -8,6 +8,7 @@ and one column per evaluation length; cells are the mean ± sample std over seed
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ def plot(
         xs = [n for n in lengths if str(n) in per_length]
         stats = [mean_std(per_length[str(n)][metric]) for n in xs]
         axes.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=variant)
-    for (name, per_length), style in zip((baseline or {}).items(), ("--", "-.", ":")):
+    for (name, per_length), style in zip((baseline or {}).items(), itertools.cycle(("--", "-.", ":"))):
         xs = [n for n in lengths if str(n) in per_length]
         line = axes.plot(xs, [per_length[str(n)][metric] for n in xs], linestyle=style, color="gray", marker="x")[0]
         line.set_label(name)

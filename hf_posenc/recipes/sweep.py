@@ -61,6 +61,7 @@ __all__ = [
     "document_subsets",
     "document_table",
     "render",
+    "NoInterimTables",
     "finished_sweep",
     "render_finished",
     "reuse_finished",
@@ -223,7 +224,8 @@ INTERVAL_METRICS = ("accuracy", "macro_f1")
 def document_table(summary: dict, keep: list[int] | None = None) -> tuple[dict, dict[str, list[int]]]:
     """Per-document data of every row of a sweep summary: `{row: {length: (predictions, labels)}}` and row seeds.
 
-    Variants stack their seeds (`(n_seeds, n_docs)`, seeds in sweep order); a baseline row is one seed. Only cells
+    Variants stack their seeds (`(n_seeds, n_docs)`, seeds in sweep order); a baseline row is one seed, unless it
+    was drawn per seed (the TF-IDF window rows), when it stacks its seeds too. Only cells
     whose every run stored predictions are kept. `keep` restricts to these test-document positions (a subset).
     """
     documents = summary.get("documents") or {}
@@ -491,6 +493,10 @@ def check_comparisons(sweep: SweepConfig) -> None:
             )
 
 
+class NoInterimTables(ValueError):
+    """A sweep's baseline row has not finished its first seed: there is nothing to tabulate yet."""
+
+
 def finished_sweep(sweep: SweepConfig) -> SweepConfig:
     """The part of a stopped sweep that has finished, as a sweep whose every run is on disk: interim tables.
 
@@ -500,7 +506,7 @@ def finished_sweep(sweep: SweepConfig) -> SweepConfig:
     `render_finished`.
 
     Raises:
-        ValueError: the baseline row has not finished its first seed, so there is no interim table to make.
+        NoInterimTables: the baseline row has not finished its first seed, so there is no interim table to make.
     """
 
     def run_of(variant: dict, seed: int):
@@ -513,7 +519,7 @@ def finished_sweep(sweep: SweepConfig) -> SweepConfig:
     labels = [run_of(v, sweep.seeds[0]).variant for v in sweep.variants]
     baseline = labels.index(sweep.baseline_variant) if sweep.baseline_variant else 0
     if not done(sweep.variants[baseline], sweep.seeds[0]):
-        raise ValueError(
+        raise NoInterimTables(
             f"The baseline row {labels[baseline]!r} of {sweep.output_dir} has not finished seed {sweep.seeds[0]}: "
             "no interim table yet."
         )
