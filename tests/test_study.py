@@ -701,3 +701,9 @@ def test_a_dataset_of_a_study_may_skip_shared_variants_and_their_comparisons(ass
     datasets["b"]["skip_variants"] = "half"
     with pytest.raises(TypeError, match="is a list of variant labels"):
         study_sweeps(study)
+    # An unlabelled variant is named as the dataset's own runs name it (its run fields, e.g. max_length).
+    values["variants"].append({"encoding": "learned"})
+    datasets["b"] |= {"max_length": 128, "skip_variants": ["learned@128"]}
+    first, second = study_sweeps(study)
+    assert [run.variant for run in first.runs()][-1] == "learned"
+    assert [run.variant for run in second.runs()] == ["perfect", "wrong", "half"]

@@ -788,9 +788,9 @@ def study_sweeps(study: dict, overrides: dict | None = None) -> list[SweepConfig
         skipped = entry.pop("skip_variants", [])
         base = {k: v for k, v in entry.items() if k not in sweep_fields}
         values = {**shared, **{k: v for k, v in entry.items() if k in sweep_fields}}
-        if skipped:
-            values.update(_without_variants(SweepConfig.from_dict(values), skipped, name))
         values.update(base={**shared.get("base", {}), **base}, output_dir=str(root / slug(name)))
+        if skipped:  # labels as this dataset's runs get them (a label may name its own run fields)
+            values.update(_without_variants(SweepConfig.from_dict(values), skipped, name))
         values["name"] = f"{study.get('name', shared.get('name', 'study'))} ({name})"
         values.setdefault("description", study.get("description", ""))
         sweeps.append(SweepConfig.from_dict(values))
