@@ -564,6 +564,12 @@ def test_model_card_of_a_sweep_shows_only_the_settings_its_rows_share_and_which_
     card = hf_posenc.render_model_card(model, "someone/bert-alibi", plain)
     assert "| eval_mode | single |" in card and "chunk_pooling" not in card and "windows_per_document" not in card
     assert "chunks" not in card
+    plain["config"] |= {"keep_absolute": False}
+    assert "| keep_absolute | False |" in hf_posenc.render_model_card(model, "someone/bert-alibi", plain)
+    learned = run_results("learned")
+    learned["config"] |= {"keep_absolute": False}  # an absolute encoding keeps its table whatever this says
+    card = hf_posenc.render_model_card(patched("bert", "learned"), "someone/bert-learned", learned)
+    assert "keep_absolute" not in card and "| train_length | 128 |" in card
 
 
 def test_model_card_refuses_results_of_another_encoding():

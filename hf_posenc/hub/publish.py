@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..architectures import architecture_for, get_submodule
+from ..encodings import ENCODINGS, canonical_name
 from ..patching import patch_spec
 from ..record import PatchRecord, read_record
 from ..version import __version__
@@ -377,7 +378,17 @@ def _shown(settings: dict[str, Any], key: str) -> bool:
         return settings.get("eval_mode") not in (None, "single")
     if key == "windows_per_document":
         return settings.get("train_windows") not in (None, "first")
+    if key == "keep_absolute":  # only a relative encoding chooses whether the learned table stays
+        return _encoding_kind(settings.get("encoding")) in (None, "relative")
     return True
+
+
+def _encoding_kind(name: Any) -> str | None:
+    """The registered kind ("absolute", "relative", "none") of an encoding name; None when it names none."""
+    try:
+        return ENCODINGS[canonical_name(name)].kind
+    except (TypeError, ValueError):
+        return None
 
 
 def _recipe_section(parsed: RecipeResults) -> str:
