@@ -225,8 +225,8 @@ def document_table(summary: dict, keep: list[int] | None = None) -> tuple[dict, 
     """Per-document data of every row of a sweep summary: `{row: {length: (predictions, labels)}}` and row seeds.
 
     Variants stack their seeds (`(n_seeds, n_docs)`, seeds in sweep order); a baseline row is one seed, unless it
-    was drawn per seed (the TF-IDF window rows), when it stacks its seeds too. Only cells
-    whose every run stored predictions are kept. `keep` restricts to these test-document positions (a subset).
+    was drawn per seed (the TF-IDF window rows), when it stacks its seeds too. Only cells whose every run stored
+    predictions are kept. `keep` restricts to these test-document positions (a subset).
     """
     documents = summary.get("documents") or {}
     labels = np.asarray(documents.get("labels", []))
