@@ -994,8 +994,9 @@ def checkpoint_listing(folder: Path, variant: str) -> str:
         [
             f"# Checkpoint layout: {variant}\n",
             f"The folder `{folder.name}/` as `hub.save_for_hub` wrote it (and a push would upload it). Weights are",
-            "not kept in git; the export retrains the variant with its first seed's settings, which gives these files",
-            "again on the same versions (compare the SHA-256).\n",
+            "not kept in git; the export retrains the variant with its first seed's settings. The SHA-256 identify",
+            "this export; a retraining on the same versions but another machine may differ in the weights' last bits",
+            "(CPU floating-point kernels differ), so what is checked below is the predictions.\n",
             "| file | bytes | SHA-256 |",
             "|---|---|---|",
             *rows,
